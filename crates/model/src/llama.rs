@@ -1,0 +1,411 @@
+//! The Llama-family decoder: embeddings, blocks of (RMSNorm, GQA attention with RoPE, RMSNorm,
+//! SwiGLU MLP), final norm and LM head. Covers Nanbeige4.1 / Llama, SmolLM2 and Qwen2 (q/k/v bias,
+//! tied embeddings) — the differences are all in `Config`.
+//!
+//! Each linear is either a float tensor (f32/bf16/f16; differentiable, used for training and exact
+//! comparisons) or a GGUF quantized tensor (inference). The model itself is immutable; per-sequence
+//! state lives in `Cache`, so one model can serve many sequences.
+//! Not here: sampling, tokenization, batching of sequences at different positions.
+
+use crate::config::Config;
+use crate::rope::RopeTables;
+use crate::weights::{LoadOptions, Weight, WeightSource};
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor, D};
+
+/// Upper bound on cos/sin table length when the config allows a huge context (Nanbeige: 262,144).
+/// Longer contexts extend the table lazily through `Llama::with_context`.
+const DEFAULT_ROPE_POSITIONS: usize = 32768;
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+}
+
+#[derive(Clone, Debug)]
+enum LinearWeight {
+    Float(Tensor),
+    Quant(QMatMul),
+}
+
+impl Linear {
+    fn new(w: Weight, bias: Option<Tensor>) -> Result<Self> {
+        let weight = match w {
+            Weight::Float(t) => LinearWeight::Float(t),
+            Weight::Quant(q) => LinearWeight::Quant(QMatMul::from_arc(q)?),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// x: (..., in) f32 -> (..., out) f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Float(w) => {
+                let dims = x.dims().to_vec();
+                let (rows, k) = (x.elem_count() / dims[dims.len() - 1], dims[dims.len() - 1]);
+                // Half-precision weights are widened per call (candle's CPU gemm has no bf16
+                // kernel anyway) so activations never lose precision.
+                let w = if w.dtype() == DType::F32 { w.clone() } else { w.to_dtype(DType::F32)? };
+                let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                *out.last_mut().unwrap() = w.dims()[0];
+                y.reshape(out)?
+            }
+            LinearWeight::Quant(q) => q.forward(x)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    pub fn float_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Float(t) => Some(t),
+            LinearWeight::Quant(_) => None,
+        }
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    attn: Attention,
+    ffn_norm: Tensor,
+    mlp: Mlp,
+}
+
+enum Embedding {
+    Float(Tensor),
+    Quant(std::sync::Arc<candle_core::quantized::QTensor>),
+}
+
+pub struct Llama {
+    pub cfg: Config,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: RopeTables,
+    /// Use plain tensor ops that candle can differentiate instead of fused kernels.
+    pub differentiable: bool,
+}
+
+/// Key/value cache of one sequence: per layer, a buffer (1, kv_heads, capacity, head_dim) that
+/// grows by doubling up to `max_len`.
+pub struct Cache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    max_len: usize,
+}
+
+impl Cache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+    /// Forget everything after the first `n` positions (prefix reuse).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = k.dims()[2];
+        let need = self.len + s;
+        let slot = &mut self.layers[layer];
+        let cap = slot.as_ref().map(|(k, _)| k.dims()[2]).unwrap_or(0);
+        if need > cap {
+            let mut new_cap = cap.max(256);
+            while new_cap < need {
+                new_cap *= 2;
+            }
+            let new_cap = new_cap.min(self.max_len).max(need);
+            let mut shape = k.dims().to_vec();
+            shape[2] = new_cap;
+            let nk = Tensor::zeros(shape.as_slice(), k.dtype(), k.device())?;
+            let nv = Tensor::zeros(shape.as_slice(), v.dtype(), v.device())?;
+            if let Some((ok, ov)) = slot.as_ref() {
+                if self.len > 0 {
+                    nk.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *slot = Some((nk, nv));
+        }
+        let (bk, bv) = slot.as_ref().unwrap();
+        bk.slice_set(&k.contiguous()?, 2, self.len)?;
+        bv.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?))
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
+    Ok(if differentiable {
+        candle_nn::ops::rms_norm_slow(x, w, eps as f32)?
+    } else {
+        candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?
+    })
+}
+
+fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    Ok(if differentiable {
+        let max = x.max_keepdim(D::Minus1)?;
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+    } else {
+        candle_nn::ops::softmax_last_dim(x)?
+    })
+}
+
+impl Llama {
+    /// Build the model from a weight source. `cfg` must describe the weights; every tensor's shape is
+    /// checked against it.
+    pub fn load(cfg: Config, src: &mut WeightSource) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (q_out, kv_out) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let float = |w: Weight| w.to_float(DType::F32);
+        let embed_w = src.get("model.embed_tokens.weight", &[cfg.vocab_size, h], true)?;
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                let w = src.get(&format!("{p}.{name}.weight"), &[out, inp], true)?;
+                let b = if bias { Some(float(src.get(&format!("{p}.{name}.bias"), &[out], false)?)?) } else { None };
+                Linear::new(w, b)
+            };
+            let attn = Attention {
+                q: lin("self_attn.q_proj", q_out, h, cfg.qkv_bias)?,
+                k: lin("self_attn.k_proj", kv_out, h, cfg.qkv_bias)?,
+                v: lin("self_attn.v_proj", kv_out, h, cfg.qkv_bias)?,
+                o: lin("self_attn.o_proj", h, q_out, cfg.o_bias)?,
+            };
+            let mlp = Mlp {
+                gate: lin("mlp.gate_proj", i, h, cfg.mlp_bias)?,
+                up: lin("mlp.up_proj", i, h, cfg.mlp_bias)?,
+                down: lin("mlp.down_proj", h, i, cfg.mlp_bias)?,
+            };
+            let attn_norm = float(src.get(&format!("{p}.input_layernorm.weight"), &[h], false)?)?;
+            let ffn_norm = float(src.get(&format!("{p}.post_attention_layernorm.weight"), &[h], false)?)?;
+            blocks.push(Block { attn_norm, attn, ffn_norm, mlp });
+        }
+        let norm = float(src.get("model.norm.weight", &[h], false)?)?;
+        // Some checkpoints say tie_word_embeddings=false yet ship no lm_head (or the reverse); the
+        // tensors present decide.
+        let lm_head = if !cfg.tie_word_embeddings || src.contains("lm_head.weight") {
+            if !src.contains("lm_head.weight") {
+                bail!("missing tensor `lm_head.weight` (config says embeddings are not tied)");
+            }
+            Linear::new(src.get("lm_head.weight", &[cfg.vocab_size, h], true)?, None)?
+        } else {
+            Linear::new(embed_w.clone(), None)?
+        };
+        let embed = match embed_w {
+            Weight::Float(t) => Embedding::Float(t),
+            Weight::Quant(q) => Embedding::Quant(q),
+        };
+        src.finish();
+        let positions = cfg.max_position_embeddings.min(DEFAULT_ROPE_POSITIONS);
+        let rope = RopeTables::new(&cfg, positions, &Device::Cpu)?;
+        Ok(Self { cfg, embed, blocks, norm, lm_head, rope, differentiable: false })
+    }
+
+    /// Load from an HF directory's safetensors with a config already read.
+    pub fn load_safetensors(cfg: Config, dir: &std::path::Path, opts: LoadOptions) -> Result<Self> {
+        let mut src = WeightSource::open_safetensors_dir(dir, opts)?;
+        Self::load(cfg, &mut src)
+    }
+
+    /// Make the RoPE tables cover `n` positions (capped by the model's trained context).
+    pub fn ensure_positions(&mut self, n: usize) -> Result<()> {
+        if n > self.rope.len() {
+            let n = n.min(self.cfg.max_position_embeddings.max(n));
+            self.rope = RopeTables::new(&self.cfg, n, &Device::Cpu)?;
+        }
+        Ok(())
+    }
+
+    /// A new empty cache for one sequence of at most `max_len` tokens (prompt + generated).
+    pub fn new_cache(&self, max_len: usize) -> Cache {
+        Cache { layers: vec![None; self.cfg.num_layers], len: 0, max_len }
+    }
+
+    /// Longest sequence this model instance can process (RoPE table length).
+    pub fn max_positions(&self) -> usize {
+        self.rope.len()
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match &self.embed {
+            Embedding::Float(w) => {
+                let (b, s) = ids.dims2()?;
+                w.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?.reshape((b, s, self.cfg.hidden_size))?
+            }
+            Embedding::Quant(q) => q.embedding(ids)?,
+        })
+    }
+
+    /// Final hidden states (after the last norm), shape (batch, seq, hidden). With a cache the
+    /// tokens continue the cached sequence (batch must be 1); without, they start at position 0.
+    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let start = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        if let Some(c) = cache.as_ref() {
+            if b != 1 {
+                bail!("a cache holds one sequence; got a batch of {b}");
+            }
+            if start + s > c.max_len {
+                bail!(
+                    "context overflow: {} tokens exceed the context length of {}",
+                    start + s,
+                    c.max_len
+                );
+            }
+        }
+        if start + s > self.rope.len() {
+            bail!("context overflow: {} tokens exceed the model's {} positions", start + s, self.rope.len());
+        }
+        if let Some(&bad) = ids.flatten_all()?.to_vec1::<u32>()?.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
+        }
+        let mask = causal_mask(s, start, self.cfg.num_heads / self.cfg.num_kv_heads)?;
+        let mut x = self.embed(ids)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.attn_norm, self.cfg.rms_norm_eps, self.differentiable)?;
+            let a = self.attention(l, &block.attn, &h, start, cache.as_deref_mut(), mask.as_ref())?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &block.ffn_norm, self.cfg.rms_norm_eps, self.differentiable)?;
+            let m = &block.mlp;
+            let g = m.gate.forward(&h)?;
+            let g = if self.differentiable { (&g * candle_nn::ops::sigmoid(&g)?)? } else { g.silu()? };
+            let f = m.down.forward(&(g * m.up.forward(&h)?)?)?;
+            x = (x + f)?;
+        }
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.differentiable)
+    }
+
+    /// Logits for every position, (batch, seq, vocab).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>) -> Result<Tensor> {
+        let h = self.hidden(ids, cache)?;
+        self.lm_head.forward(&h)
+    }
+
+    /// Feed `ids` to a sequence's cache and return the logits of the last position as a Vec.
+    pub fn forward_last(&self, ids: &[u32], cache: &mut Cache) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("no tokens to process");
+        }
+        let t = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let h = self.hidden(&t, Some(cache))?;
+        let last = h.narrow(1, ids.len() - 1, 1)?;
+        let logits = self.lm_head.forward(&last)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        a: &Attention,
+        x: &Tensor,
+        start: usize,
+        cache: Option<&mut Cache>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let q = a.q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?;
+        let k = a.k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let v = a.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let (q, k) = if self.differentiable {
+            (
+                self.rope.apply_slow(&q.contiguous()?, start, cfg.rope_interleaved)?,
+                self.rope.apply_slow(&k.contiguous()?, start, cfg.rope_interleaved)?,
+            )
+        } else {
+            (self.rope.apply(&q, start, cfg.rope_interleaved)?, self.rope.apply(&k, start, cfg.rope_interleaved)?)
+        };
+        let (k, v) = match cache {
+            Some(c) => c.append(layer, &k, &v).context("kv cache")?,
+            None => (k, v.contiguous()?),
+        };
+        // Grouped-query attention without copying K/V: the `rep` query heads sharing one kv head are
+        // stacked along the row axis, so one matmul per kv head serves them all.
+        let rep = nh / nkv;
+        let q = q.contiguous()?.reshape((b, nkv, rep * s, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let p = softmax(&scores, self.differentiable)?;
+        let o = p.matmul(&v.contiguous()?)?;
+        let o = o.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        a.o.forward(&o)
+    }
+
+    /// Describe each weight's storage for `info`: (what, type) pairs of the first block and heads.
+    pub fn weight_types(&self) -> Vec<(&'static str, String)> {
+        let t = |l: &Linear| match &l.weight {
+            LinearWeight::Float(w) => format!("{:?}", w.dtype()).to_lowercase(),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
+            LinearWeight::Quant(QMatMul::Tensor(w)) | LinearWeight::Quant(QMatMul::TensorF16(w)) => {
+                format!("{:?}", w.dtype()).to_lowercase()
+            }
+        };
+        let mut v = vec![];
+        if let Some(b) = self.blocks.first() {
+            v.push(("attn_q", t(&b.attn.q)));
+            v.push(("attn_k", t(&b.attn.k)));
+            v.push(("attn_v", t(&b.attn.v)));
+            v.push(("attn_output", t(&b.attn.o)));
+            v.push(("ffn_gate", t(&b.mlp.gate)));
+            v.push(("ffn_up", t(&b.mlp.up)));
+            v.push(("ffn_down", t(&b.mlp.down)));
+        }
+        v.push(("lm_head", t(&self.lm_head)));
+        v
+    }
+}
+
+/// Additive causal mask for `s` new queries starting at absolute position `start`, laid out for
+/// the GQA row stacking above: (rep * s, start + s). None for a single query (it sees everything).
+fn causal_mask(s: usize, start: usize, rep: usize) -> Result<Option<Tensor>> {
+    if s == 1 {
+        return Ok(None);
+    }
+    let t = start + s;
+    let mut m = vec![0f32; rep * s * t];
+    for r in 0..rep * s {
+        let i = r % s;
+        for j in (start + i + 1)..t {
+            m[r * t + j] = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (rep * s, t), &Device::Cpu)?))
+}
