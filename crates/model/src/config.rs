@@ -131,8 +131,14 @@ impl Config {
             num_kv_heads,
             head_dim,
             rms_norm_eps: opt_f64(v, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: opt_f64(v, "rope_theta").unwrap_or(10000.0),
-            rope_scaling: parse_rope_scaling(v.get("rope_scaling"), max_position_embeddings)?,
+            // transformers 5 writes `rope_parameters` (theta and scaling together) instead.
+            rope_theta: opt_f64(v, "rope_theta")
+                .or_else(|| v.get("rope_parameters").and_then(|r| opt_f64(r, "rope_theta")))
+                .unwrap_or(10000.0),
+            rope_scaling: parse_rope_scaling(
+                v.get("rope_scaling").or_else(|| v.get("rope_parameters")),
+                max_position_embeddings,
+            )?,
             max_position_embeddings,
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -287,7 +293,7 @@ fn parse_rope_scaling(v: Option<&Value>, max_pos: usize) -> Result<Option<RopeSc
         .get("rope_type")
         .or_else(|| v.get("type"))
         .and_then(Value::as_str)
-        .context("config.json: rope_scaling without rope_type")?;
+        .unwrap_or("default");
     let factor = opt_f64(v, "factor");
     let need_factor = || factor.context("config.json: rope_scaling.factor missing");
     Ok(match kind {
@@ -351,6 +357,16 @@ mod tests {
         // MODEL.md: 3.93B parameters.
         let p = c.num_params() as f64 / 1e9;
         assert!((p - 3.93).abs() < 0.01, "{p}");
+    }
+
+    #[test]
+    fn transformers_v5_rope_parameters_are_read() {
+        let v = serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 10, "num_hidden_layers": 1, "vocab_size": 10,
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}});
+        let c = Config::from_hf_json(&v).unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
     }
 
     #[test]
