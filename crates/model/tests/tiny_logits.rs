@@ -159,3 +159,55 @@ fn differentiable_path_gives_the_same_logits() {
     model.differentiable = true;
     assert!(max_logit_diff(&model, &reference) <= 1e-4);
 }
+
+/// A copy of a fixture model dir in a temp folder, with `edit` applied, for bad-input tests.
+fn broken_copy(tag: &str, edit: impl Fn(&std::path::Path)) -> PathBuf {
+    let src = fixtures().join("nanbeige-tiny");
+    let dst = std::env::temp_dir().join(format!("nanbeige-broken-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    edit(&dst);
+    dst
+}
+
+fn load_err(dir: &std::path::Path) -> String {
+    let r = Config::from_hf_file(&dir.join("config.json"))
+        .and_then(|cfg| Llama::load_safetensors(cfg, dir, LoadOptions { progress: false, ..Default::default() }));
+    match r {
+        Ok(_) => panic!("{} loaded although it is broken", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn wrong_tensor_shape_is_a_clear_error() {
+    let d = broken_copy("shape", |d| {
+        let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 328", "\"intermediate_size\": 320");
+        std::fs::write(d.join("config.json"), c).unwrap();
+    });
+    let e = load_err(&d);
+    assert!(e.contains("has shape") && e.contains("expected"), "{e}");
+}
+
+#[test]
+fn missing_truncated_or_corrupt_files_are_clear_errors() {
+    let d = broken_copy("missing", |d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
+    assert!(load_err(&d).contains("no model.safetensors"));
+    let d = broken_copy("trunc", |d| {
+        let b = std::fs::read(d.join("model.safetensors")).unwrap();
+        std::fs::write(d.join("model.safetensors"), &b[..b.len() / 2]).unwrap();
+    });
+    assert!(load_err(&d).contains("not a valid safetensors file"), "{}", load_err(&d));
+    let d = broken_copy("garbage", |d| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap());
+    assert!(load_err(&d).contains("not a valid safetensors file"));
+    let d = broken_copy("config", |d| std::fs::write(d.join("config.json"), "{\"model_type\": \"llama\",").unwrap());
+    assert!(load_err(&d).contains("parsing"), "{}", load_err(&d));
+    let d = broken_copy("arch", |d| {
+        let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+        std::fs::write(d.join("config.json"), c).unwrap();
+    });
+    assert!(load_err(&d).contains("unsupported architecture `mamba`"));
+}
