@@ -4,7 +4,7 @@
 Writes tests/fixtures/gguf/<name>.json for
   smollm2 = SmolLM2-135M-Instruct.Q4_1.gguf      (arch llama)
   qwen2   = Qwen2.5-Coder-0.5B-Instruct.gguf     (arch qwen2)
-Models are looked up in ${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}/models (scripts/fetch-models.sh).
+Models are looked up in ${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}/models (`nanbeige pull all`).
 
 Schema:
   {"model_file", "sha256", "arch", "vocab_size" (= logits width), "eos_token_id", "transformers_version",

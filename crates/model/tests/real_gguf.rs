@@ -1,7 +1,7 @@
 //! The two real test models (SmolLM2-135M-Instruct Q4_1, Qwen2.5-Coder-0.5B-Instruct mixed
 //! Q5_0/Q4_K/Q6_K/Q8_0) against transformers loading the same GGUF dequantized to f32
 //! (fixtures from scripts/reference/make_gguf_fixtures.py). The models come from the cache that
-//! `nanbeige pull` / scripts/fetch-models.sh fill.
+//! `nanbeige pull all` fills (scripts/test.sh runs it).
 //!
 //! Two paths are checked:
 //! - dequantized (`LoadOptions::dequantize`): the same f32 math as the reference, so logits agree to
@@ -19,7 +19,7 @@ fn model_path(file: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/nanbeige"));
     let p = cache.join("models").join(file);
-    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh (or `nanbeige pull`) first", p.display());
+    assert!(p.exists(), "{} missing: run `nanbeige pull all` (scripts/test.sh does) first", p.display());
     p
 }
 

@@ -1,0 +1,150 @@
+//! The `nanbeige` command: argument parsing and dispatch. Each subcommand lives in its own file;
+//! errors from any of them print one `error:` line and exit non-zero.
+
+mod chat;
+mod inspect;
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use nanbeige_engine::{hub, EngineOptions, GenParams, LoadedModel, SamplingParams};
+use nanbeige_model::LoadOptions;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "nanbeige", version, about = "Run and train Nanbeige4.1-class language models locally")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One-shot generation from a prompt, streamed (reasoning on stderr, answer on stdout).
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat (/reset, /system TEXT, /exit; Ctrl-C stops a reply).
+    Chat(chat::ChatArgs),
+    /// Architecture, parameter count, tensor types, context, template and special tokens.
+    Info(inspect::InfoArgs),
+    /// Print the exact prompt the chat template renders for a conversation (and its token ids).
+    Prompt(inspect::PromptArgs),
+    /// Tokenize text with a model's tokenizer.
+    Tokenize(inspect::TokenizeArgs),
+    /// Download a known model into the cache (smollm2, qwen2.5-coder, or all).
+    Pull(inspect::PullArgs),
+}
+
+/// Which model and how to load it (shared by every subcommand that runs a model).
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A model directory (HF safetensors), a .gguf file, or a short name (smollm2, qwen2.5-coder).
+    /// Default: smollm2 (SmolLM2-135M-Instruct), fetched on first use.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Float dtype for safetensors weights (f32, bf16, f16); default: as stored.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Dequantize GGUF weights to f32 (exact float path; slower, more memory).
+    #[arg(long)]
+    pub dequantize: bool,
+    /// Context length (prompt + output) to allow; default: the model's, at most 32768.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> Result<PathBuf> {
+        hub::resolve(self.model.as_deref())
+    }
+
+    pub fn load(&self) -> Result<LoadedModel> {
+        let path = self.path()?;
+        let dtype = self.dtype.as_deref().map(nanbeige_engine::load::parse_dtype).transpose()?;
+        let opts = EngineOptions {
+            load: LoadOptions { dtype, dequantize: self.dequantize, progress: true },
+            context_len: self.ctx,
+        };
+        nanbeige_engine::load(&path, &opts)
+    }
+}
+
+/// Sampling and stopping flags; unset sampling flags fall back to the model's generation_config.
+#[derive(Args, Clone, Default)]
+pub struct GenArgs {
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    /// Same seed, same output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens to generate (default: until EOS or the context is full).
+    #[arg(long, short = 'n')]
+    pub max_tokens: Option<usize>,
+    /// Stop when this text appears (repeatable); it is not included in the output.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Close the model's <think> section after this many reasoning tokens.
+    #[arg(long)]
+    pub max_thinking_tokens: Option<usize>,
+    /// Do not stop at end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl GenArgs {
+    pub fn params(&self, lm: &LoadedModel) -> GenParams {
+        let mut s = lm.sampling_defaults.clone().unwrap_or_default();
+        let set = |dst: &mut f32, v: Option<f32>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut s.temperature, self.temperature);
+        set(&mut s.top_p, self.top_p);
+        set(&mut s.min_p, self.min_p);
+        set(&mut s.repetition_penalty, self.repetition_penalty);
+        set(&mut s.presence_penalty, self.presence_penalty);
+        set(&mut s.frequency_penalty, self.frequency_penalty);
+        if let Some(k) = self.top_k {
+            s.top_k = k;
+        }
+        s.seed = self.seed;
+        GenParams {
+            sampling: SamplingParams { ..s },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+            max_thinking_tokens: self.max_thinking_tokens,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run::run(a),
+        Cmd::Chat(a) => chat::chat(a),
+        Cmd::Info(a) => inspect::info(a),
+        Cmd::Prompt(a) => inspect::prompt(a),
+        Cmd::Tokenize(a) => inspect::tokenize(a),
+        Cmd::Pull(a) => inspect::pull(a),
+    };
+    if let Err(e) = result {
+        // One line: the error and its causes, outermost first.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}

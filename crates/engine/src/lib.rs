@@ -1,0 +1,13 @@
+//! nanbeige-engine: loads a model with its tokenizer and template, and generates text from it
+//! (sampling, stop conditions, thinking budget, prefix reuse). Shared by the CLI, server, agent
+//! and trainer.
+
+pub mod generate;
+pub mod hub;
+pub mod load;
+pub mod prompt;
+pub mod sampler;
+
+pub use generate::{generate, prompt_opens_think, FinishReason, GenParams, Generation, Session};
+pub use load::{load, EngineOptions, Format, LoadedModel};
+pub use sampler::{Sampler, SamplingParams};
