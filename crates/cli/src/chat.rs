@@ -7,7 +7,8 @@ use crate::{GenArgs, ModelArgs};
 use anyhow::Result;
 use clap::Args;
 use nanbeige_engine::{generate, FinishReason, Session};
-use nanbeige_text::{parse_output, ToolCallItem};
+use nanbeige_engine::prompt::parse_reply;
+use nanbeige_text::ToolCallItem;
 use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -97,7 +98,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
                 if g.finish_reason == FinishReason::Cancelled {
                     eprintln!("(stopped)");
                 }
-                let parsed = parse_output(&g.text, prompt.opened_think);
+                let parsed = parse_reply(&g.text, prompt.opened_think, false);
                 let mut msg = json!({"role": "assistant", "content": parsed.content});
                 if let Some(r) = parsed.reasoning {
                     msg["reasoning_content"] = json!(r);

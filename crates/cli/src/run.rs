@@ -4,9 +4,9 @@
 use crate::{GenArgs, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use nanbeige_engine::prompt::{chat_prompt, raw_prompt, Prompt};
+use nanbeige_engine::prompt::{chat_prompt, parse_reply, raw_prompt, Prompt};
 use nanbeige_engine::{generate, Generation, LoadedModel, Session};
-use nanbeige_text::{parse_output, StreamEvent, StreamParser, ToolCallItem};
+use nanbeige_text::{StreamEvent, StreamParser, ToolCallItem};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -179,7 +179,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         g
     };
     if a.json {
-        let parsed = parse_output(&gen.text, prompt.opened_think);
+        let parsed = parse_reply(&gen.text, prompt.opened_think, tools.is_some());
         let (answer, reasoning, calls) = (parsed.content, parsed.reasoning, parsed.tool_calls);
         let out = json!({
             "model": lm.path.display().to_string(),

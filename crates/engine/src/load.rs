@@ -95,10 +95,10 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<LoadedModel> {
         (model, text, defaults, gen_eos, Format::HfDir, tensors)
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) || is_gguf_magic(path) {
         let (file, content) = nanbeige_model::open_gguf(path)?;
+        let cfg = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
         let text = TextAssets::from_gguf(&content).with_context(|| format!("{}: tokenizer", path.display()))?;
         let mut src = WeightSource::from_gguf(path, file, content.clone(), opts.load)?;
         let tensors = src.tensor_types();
-        let cfg = Config::from_gguf(&content)?;
         let model = Llama::load(cfg, &mut src).with_context(|| format!("loading {}", path.display()))?;
         (model, text, None, vec![], Format::Gguf, tensors)
     } else if !path.exists() {

@@ -231,8 +231,8 @@ mod tests {
         assert_eq!(s.sample(&mut logits()), 4); // 3.0 - 0.8 = 2.2 < 2.9
         s.accept(4);
         s.accept(4);
-        // 4: 2.9 - 0.5 - 0.6 = 1.8; 2: 2.0 wins.
-        assert_eq!(s.sample(&mut logits()), 2);
+        // 4: 2.9 - 0.5 - 0.6 = 1.8; 1: 3.0 - 0.8 = 2.2 beats 2: 2.0.
+        assert_eq!(s.sample(&mut logits()), 1);
     }
 
     #[test]
