@@ -341,6 +341,25 @@ impl Llama {
         let q = a.q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?;
         let k = a.k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
         let v = a.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        a.o.forward(&self.attend(layer, q, k, v, start, cache, mask)?)
+    }
+
+    /// Attention of one sequence given its projected q (b, nh, s, hd), k and v (b, nkv, s, hd):
+    /// RoPE at `start`, cache append, scores; returns (b, s, nh * hd) before the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        start: usize,
+        cache: Option<&mut Cache>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, nh, s, hd) = q.dims4()?;
+        let nkv = cfg.num_kv_heads;
         let (q, k) = if self.differentiable {
             (
                 self.rope.apply_slow(&q.contiguous()?, start, cfg.rope_interleaved)?,
@@ -365,8 +384,57 @@ impl Llama {
         };
         let p = softmax(&scores, self.differentiable)?;
         let o = p.matmul(&v.contiguous()?)?;
-        let o = o.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        a.o.forward(&o)
+        Ok(o.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?)
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` continues `caches[i]`. The
+    /// linear layers run on all rows together, so each weight is read once for the whole batch;
+    /// only attention, which needs each sequence's own cache, runs per sequence.
+    /// Returns each sequence's next-token logits.
+    pub fn forward_decode_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
+        let b = tokens.len();
+        if b == 0 || b != caches.len() {
+            bail!("forward_decode_batch: {} tokens for {} caches", b, caches.len());
+        }
+        for c in caches.iter() {
+            if c.len + 1 > c.max_len.min(self.rope.len()) {
+                bail!("context overflow: a sequence is already at its context length of {}", c.max_len);
+            }
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
+        }
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(1)?;
+        let mut x = self.embed(&ids)?; // (b, 1, hidden)
+        for (l, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.attn_norm, cfg.rms_norm_eps, self.differentiable)?;
+            let a = &block.attn;
+            let q = a.q.forward(&h)?;
+            let k = a.k.forward(&h)?;
+            let v = a.v.forward(&h)?;
+            let mut outs = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let qi = q.narrow(0, i, 1)?.reshape((1, 1, nh, hd))?.transpose(1, 2)?;
+                let ki = k.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
+                let vi = v.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
+                let start = cache.len;
+                outs.push(self.attend(l, qi, ki, vi, start, Some(&mut **cache), None)?);
+            }
+            let o = Tensor::cat(&outs, 0)?;
+            x = (x + a.o.forward(&o)?)?;
+            let h = rms_norm(&x, &block.ffn_norm, cfg.rms_norm_eps, self.differentiable)?;
+            let m = &block.mlp;
+            let g = m.gate.forward(&h)?.silu()?;
+            x = (x + m.down.forward(&(g * m.up.forward(&h)?)?)?)?;
+        }
+        for c in caches.iter_mut() {
+            c.len += 1;
+        }
+        let h = rms_norm(&x, &self.norm, cfg.rms_norm_eps, self.differentiable)?;
+        let logits = self.lm_head.forward(&h)?.squeeze(1)?;
+        Ok(logits.to_vec2::<f32>()?)
     }
 
     /// Describe each weight's storage for `info`: (what, type) pairs of the first block and heads.

@@ -211,3 +211,27 @@ fn missing_truncated_or_corrupt_files_are_clear_errors() {
     });
     assert!(load_err(&d).contains("unsupported architecture `mamba`"));
 }
+
+#[test]
+fn batched_decode_equals_one_sequence_at_a_time() {
+    let (model, reference) = load("qwen2-tiny");
+    let input = ids(&reference["input_ids"]);
+    // Three sequences at different depths, decoded together for a few steps.
+    let lens = [5usize, 17, 40];
+    let mut caches: Vec<_> = lens.iter().map(|_| model.new_cache(64)).collect();
+    let mut solo: Vec<_> = lens.iter().map(|_| model.new_cache(64)).collect();
+    for (i, &n) in lens.iter().enumerate() {
+        model.forward_last(&input[..n], &mut caches[i]).unwrap();
+        model.forward_last(&input[..n], &mut solo[i]).unwrap();
+    }
+    for step in 0..4 {
+        let toks: Vec<u32> = lens.iter().map(|&n| input[n + step]).collect();
+        let mut refs: Vec<&mut nanbeige_model::Cache> = caches.iter_mut().collect();
+        let batch = model.forward_decode_batch(&toks, &mut refs).unwrap();
+        for i in 0..lens.len() {
+            let one = model.forward_last(&[toks[i]], &mut solo[i]).unwrap();
+            let d = one.iter().zip(&batch[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "sequence {i} step {step}: batch differs by {d}");
+        }
+    }
+}
