@@ -11,5 +11,18 @@ pub mod tokenizer;
 
 pub use parse::{parse_output, ParsedOutput, StreamEvent, StreamParser, ToolCallItem};
 pub use stream::StreamDecoder;
-pub use template::ChatTemplate;
+pub use template::{ChatTemplate, TemplateError};
 pub use tokenizer::{TextAssets, Tokenizer};
+
+#[cfg(test)]
+mod tests {
+    /// The engine shares these across threads.
+    #[test]
+    fn thread_safe_types() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Tokenizer>();
+        check::<crate::TextAssets>();
+        check::<crate::ChatTemplate>();
+        check::<crate::StreamParser>();
+    }
+}

@@ -138,24 +138,6 @@ fn malformed_gguf_metadata() {
 }
 
 #[test]
-fn hand_written_gguf_vocabulary_works() {
-    for pre in ["default", "llama-bpe", "qwen2", "smollm", "gpt-4o"] {
-        let assets = TextAssets::from_gguf(&gguf(tiny_gpt2(pre))).unwrap();
-        let tok = &assets.tokenizer;
-        assert_eq!(
-            tok.encode("ab ab<|end|>", false).unwrap(),
-            vec![3, 5, 0],
-            "{pre}"
-        );
-        assert_eq!(tok.decode(&[3, 5, 0], true).unwrap(), "ab ab");
-        assert!(tok.is_special(0) && !tok.is_special(3));
-        assert_eq!(assets.eos_ids, vec![0]);
-        assert!(!assets.add_bos);
-        assert_eq!(assets.chat_template, None);
-    }
-}
-
-#[test]
 fn template_syntax_error() {
     let err =
         ChatTemplate::new("{% if messages %}{{ messages[0].content }", None, None).unwrap_err();

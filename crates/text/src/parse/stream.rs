@@ -9,7 +9,7 @@ use super::{tool_call, ToolCallItem, CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_O
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     Reasoning(String),
-    /// The reasoning block closed (`</think>` seen); only sent if reasoning had started.
+    /// The reasoning block closed (`</think>` seen), even if it was empty.
     ReasoningEnd,
     Content(String),
     ToolCall(ToolCallItem),
@@ -55,6 +55,11 @@ impl StreamParser {
         events
     }
 
+    /// Whether the text so far is inside the reasoning block (for thinking budgets).
+    pub fn in_reasoning(&self) -> bool {
+        self.mode == Mode::Reasoning
+    }
+
     /// Flushes what is held back; the output is complete.
     pub fn finish(&mut self) -> Vec<StreamEvent> {
         let mut events = Vec::new();
@@ -94,9 +99,7 @@ impl StreamParser {
                         let text: String = self.buf.drain(..end + THINK_CLOSE.len()).collect();
                         self.reasoning
                             .push(&text[..end], events, StreamEvent::Reasoning);
-                        if self.reasoning.started {
-                            events.push(StreamEvent::ReasoningEnd);
-                        }
+                        events.push(StreamEvent::ReasoningEnd);
                         self.mode = Mode::Content;
                     }
                     None => {
@@ -262,6 +265,7 @@ mod tests {
     fn holds_back_partial_tags_only() {
         let mut p = StreamParser::new(false);
         assert_eq!(p.push("<thi"), vec![]);
+        assert!(!p.in_reasoning());
         assert_eq!(p.push("nk>Hmm"), vec![StreamEvent::Reasoning("Hmm".into())]);
         assert_eq!(
             p.push(" ok</th"),

@@ -67,3 +67,32 @@ pub(crate) fn from_scores(tokens: &[&str], scores: &[f32]) -> Result<Vec<(String
         .map(|m| (m.left.to_string(), m.right.to_string()))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn same_order_as_transformers() {
+        // Expected list from transformers' generate_merges on the same vocabulary (note the repeated
+        // "b": its last score and id count, its first position).
+        let tokens = [
+            "<unk>", "▁", "a", "b", "ab", "▁a", "▁ab", "ba", "aba", "b", "ä", "äb", "▁ä",
+        ];
+        let scores = [
+            0., -1., -2., -3., -4., -5., -6., -7., -8., -9., -10., -4., -5.,
+        ];
+        let got = super::from_scores(&tokens, &scores).unwrap();
+        let want = [
+            ("a", "b"),
+            ("ä", "b"),
+            ("▁", "a"),
+            ("▁", "ä"),
+            ("▁a", "b"),
+            ("▁", "ab"),
+            ("b", "a"),
+            ("ab", "a"),
+            ("a", "ba"),
+        ];
+        let got: Vec<(&str, &str)> = got.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(got, want);
+    }
+}

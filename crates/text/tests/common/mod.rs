@@ -27,8 +27,8 @@ pub fn model_path(name: &str) -> PathBuf {
     let path = cache.join("models").join(name);
     assert!(
         path.is_file(),
-        "test model {} is missing: run scripts/fetch-models.sh (it downloads the GGUF test models into \
-         ${{NANBEIGE_CACHE:-$HOME/.cache/nanbeige}}/models)",
+        "test model {} is missing: run `nanbeige pull all` (scripts/test.sh does; it downloads the GGUF \
+         test models into ${{NANBEIGE_CACHE:-$HOME/.cache/nanbeige}}/models)",
         path.display()
     );
     path
