@@ -7,7 +7,7 @@ mod run;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use nanbeige_engine::{hub, EngineOptions, GenParams, LoadedModel, SamplingParams};
+use nanbeige_engine::{hub, EngineOptions, GenParams, LoadedModel};
 use nanbeige_model::LoadOptions;
 use std::path::PathBuf;
 
@@ -122,11 +122,12 @@ impl GenArgs {
         }
         s.seed = self.seed;
         GenParams {
-            sampling: SamplingParams { ..s },
+            sampling: s,
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             max_thinking_tokens: self.max_thinking_tokens,
+            logprobs: None,
         }
     }
 }

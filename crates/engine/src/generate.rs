@@ -27,6 +27,8 @@ pub struct GenParams {
     pub ignore_eos: bool,
     /// After this many reasoning tokens the engine closes the thinking section.
     pub max_thinking_tokens: Option<usize>,
+    /// Record each sampled token's log-probability and this many top alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +59,8 @@ pub struct Generation {
     pub prefill_ms: f64,
     pub time_to_first_token_ms: f64,
     pub decode_ms: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Generation {
@@ -107,19 +111,19 @@ impl Session {
 
 /// Decides how much of the text produced so far can be shown: everything except a tail that could
 /// still turn into a stop string.
-struct StopScanner<'a> {
-    stops: &'a [String],
+struct StopScanner {
+    stops: Vec<String>,
     text: String,
     shown: usize,
 }
 
-impl<'a> StopScanner<'a> {
+impl StopScanner {
     /// Add text; returns (text now safe to show, the stop string if one appeared).
-    fn push(&mut self, delta: &str) -> (String, Option<&'a String>) {
+    fn push(&mut self, delta: &str) -> (String, Option<String>) {
         let scan_from = self.shown.saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
         self.text.push_str(delta);
         let scan_from = floor_char_boundary(&self.text, scan_from);
-        let mut hit: Option<(usize, &'a String)> = None;
+        let mut hit: Option<(usize, &String)> = None;
         for s in self.stops.iter().filter(|s| !s.is_empty()) {
             if let Some(i) = self.text[scan_from..].find(s.as_str()) {
                 let at = scan_from + i;
@@ -129,14 +133,14 @@ impl<'a> StopScanner<'a> {
             }
         }
         if let Some((at, s)) = hit {
-            let out = self.text[self.shown.min(at)..at].to_string();
+            let (out, s) = (self.text[self.shown.min(at)..at].to_string(), s.clone());
             self.text.truncate(at);
             self.shown = at;
             return (out, Some(s));
         }
         // Hold back the longest tail that is a proper prefix of some stop string.
         let mut safe = self.text.len();
-        for s in self.stops {
+        for s in &self.stops {
             for (i, _) in s.char_indices().skip(1) {
                 if self.text.ends_with(&s[..i]) {
                     safe = safe.min(self.text.len() - i);
@@ -196,7 +200,223 @@ pub fn prompt_opens_think(prompt_text: &str) -> bool {
     t.ends_with("<think>")
 }
 
-/// Run generation. `on_text` receives displayable text as it is produced.
+/// Log-probability of a generated token and of the most likely alternatives at that step.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// One sequence's decoding state: from "here are the next-token logits" to "feed these tokens
+/// next", whether the model runs this sequence alone or in a batch with others. Applies sampling,
+/// EOS, max tokens, stop strings, the thinking budget and the context limit, and streams text.
+pub struct SeqDecode<'a> {
+    lm: &'a LoadedModel,
+    params: GenParams,
+    sampler: Sampler,
+    decoder: StreamDecoder<'a>,
+    stops: StopScanner,
+    think: ThinkState,
+    think_close_ids: Vec<u32>,
+    pub out_tokens: Vec<u32>,
+    pub reasoning_tokens: usize,
+    pub budget_hit: bool,
+    pub context_full: bool,
+    pub logprobs: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    stop_string: Option<String>,
+    started: Instant,
+    first_token: Option<Instant>,
+}
+
+impl<'a> SeqDecode<'a> {
+    pub fn new(lm: &'a LoadedModel, prompt: &[u32], prompt_opened_think: bool, params: &GenParams) -> Result<Self> {
+        params.sampling.validate()?;
+        let tok = &lm.text.tokenizer;
+        Ok(Self {
+            lm,
+            params: params.clone(),
+            sampler: Sampler::new(params.sampling.clone(), prompt),
+            decoder: StreamDecoder::new(tok, true),
+            stops: StopScanner { stops: params.stop.clone(), text: String::new(), shown: 0 },
+            think: ThinkState { inside: prompt_opened_think, text: String::new() },
+            think_close_ids: tok.encode(THINK_CLOSE, false)?,
+            out_tokens: vec![],
+            reasoning_tokens: 0,
+            budget_hit: false,
+            context_full: false,
+            logprobs: vec![],
+            finish: None,
+            stop_string: None,
+            started: Instant::now(),
+            first_token: None,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.sampler.seed
+    }
+
+    /// Text produced so far (stop strings cut).
+    pub fn text(&self) -> &str {
+        &self.stops.text
+    }
+
+    pub fn cancel(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Cancelled);
+        }
+    }
+
+    /// Decide what to feed the model next from its logits; `room` is how many more tokens the
+    /// context holds. Returns the tokens to feed (one sampled token, or the forced `</think>`
+    /// sequence), or nothing when the sequence has finished.
+    pub fn step(&mut self, logits: &mut [f32], room: usize, on_text: &mut dyn FnMut(&str)) -> Result<Vec<u32>> {
+        if self.finish.is_some() {
+            return Ok(vec![]);
+        }
+        if self.out_tokens.len() >= self.params.max_tokens.unwrap_or(usize::MAX) {
+            self.finish = Some(FinishReason::Length);
+            return Ok(vec![]);
+        }
+        // Thinking budget: past it, feed the closing tag instead of sampling.
+        let forced: Vec<u32> = match self.params.max_thinking_tokens {
+            Some(budget) if self.think.inside && self.reasoning_tokens >= budget && !self.budget_hit => {
+                self.budget_hit = true;
+                self.think_close_ids.clone()
+            }
+            _ => {
+                let top = self.params.logprobs;
+                let lp = top.map(|n| log_softmax_top(logits, n));
+                let t = self.sampler.sample(logits);
+                if let Some((lse, top)) = lp {
+                    self.logprobs.push(TokenLogprob { token: t, logprob: lse.logprob_of(t), top });
+                }
+                self.first_token.get_or_insert_with(Instant::now);
+                if !self.params.ignore_eos && self.lm.eos_ids.contains(&t) {
+                    self.finish = Some(FinishReason::Stop);
+                    return Ok(vec![]);
+                }
+                vec![t]
+            }
+        };
+        if forced.len() > room {
+            self.context_full = true;
+            self.finish = Some(FinishReason::Length);
+            return Ok(vec![]);
+        }
+        for &t in &forced {
+            let was_inside = self.think.inside;
+            self.sampler.accept(t);
+            self.out_tokens.push(t);
+            let hit = match self.decoder.push(t)? {
+                Some(delta) => {
+                    self.think.update(&delta);
+                    let (show, hit) = self.stops.push(&delta);
+                    if !show.is_empty() {
+                        on_text(&show);
+                    }
+                    hit
+                }
+                None => None,
+            };
+            if was_inside || self.think.inside {
+                self.reasoning_tokens += 1;
+            }
+            if let Some(s) = hit {
+                self.stop_string = Some(s);
+                self.finish = Some(FinishReason::Stop);
+                // The model need not see tokens of a finished sequence.
+                return Ok(vec![]);
+            }
+        }
+        Ok(forced)
+    }
+
+    /// Flush text held back (a partial character or a possible stop-string start) once finished.
+    pub fn flush(&mut self, on_text: &mut dyn FnMut(&str)) -> Result<()> {
+        if self.stop_string.is_some() {
+            return Ok(());
+        }
+        if let Some(rest) = self.decoder.finish()? {
+            let (show, hit) = self.stops.push(&rest);
+            if !show.is_empty() {
+                on_text(&show);
+            }
+            if let Some(s) = hit {
+                self.stop_string = Some(s);
+                self.finish = Some(FinishReason::Stop);
+                return Ok(());
+            }
+        }
+        let rest = self.stops.flush();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        Ok(())
+    }
+
+    pub fn time_to_first_token_ms(&self) -> f64 {
+        self.first_token.map(|t| (t - self.started).as_secs_f64() * 1e3).unwrap_or(0.0)
+    }
+
+    /// The summary once the sequence is done.
+    pub fn into_generation(self, prompt_tokens: usize, cached_prompt_tokens: usize, prefill_ms: f64) -> Generation {
+        let ttft = self.time_to_first_token_ms();
+        let total = self.started.elapsed().as_secs_f64() * 1e3;
+        Generation {
+            text: self.stops.text,
+            completion_tokens: self.out_tokens.len(),
+            tokens: self.out_tokens,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            stop_string: self.stop_string,
+            prompt_tokens,
+            cached_prompt_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            thinking_budget_hit: self.budget_hit,
+            context_full: self.context_full,
+            seed: self.sampler.seed,
+            prefill_ms,
+            time_to_first_token_ms: ttft,
+            decode_ms: (total - ttft).max(0.0),
+            logprobs: self.logprobs,
+        }
+    }
+}
+
+/// Log-sum-exp of the logits plus the `n` most likely tokens with their log-probabilities.
+struct LogSumExp(f32, Vec<f32>);
+
+impl LogSumExp {
+    fn logprob_of(&self, t: u32) -> f32 {
+        self.1.get(t as usize).map(|l| l - self.0).unwrap_or(f32::NEG_INFINITY)
+    }
+}
+
+fn log_softmax_top(logits: &[f32], n: usize) -> (LogSumExp, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    let lse = max + sum.ln();
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(idx.len());
+    if n > 0 {
+        idx.select_nth_unstable_by(n - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+    }
+    let mut top: Vec<(u32, f32)> = idx[..n].iter().map(|&i| (i, logits[i as usize] - lse)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (LogSumExp(lse, logits.to_vec()), top)
+}
+
+/// Run generation for one sequence. `on_text` receives displayable text as it is produced.
 pub fn generate(
     lm: &LoadedModel,
     session: &mut Session,
@@ -206,7 +426,6 @@ pub fn generate(
     cancel: Option<&AtomicBool>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    params.sampling.validate()?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
@@ -214,121 +433,27 @@ pub fn generate(
     if prompt.len() >= ctx {
         bail!("context overflow: the prompt has {} tokens but the context holds {ctx}", prompt.len());
     }
-    let tok = &lm.text.tokenizer;
-    let think_close_ids = tok.encode(THINK_CLOSE, false)?;
+    let mut seq = SeqDecode::new(lm, prompt, prompt_opened_think, params)?;
     let kept = session.reuse_prefix(prompt);
-    let mut sampler = Sampler::new(params.sampling.clone(), prompt);
-    let mut decoder = StreamDecoder::new(tok, true);
-    let mut stops = StopScanner { stops: &params.stop, text: String::new(), shown: 0 };
-    let mut think = ThinkState { inside: prompt_opened_think, text: String::new() };
-    let max_tokens = params.max_tokens.unwrap_or(usize::MAX);
-
     let t0 = Instant::now();
     let mut logits = lm.model.forward_last(&prompt[kept..], &mut session.cache)?;
     session.tokens.extend_from_slice(&prompt[kept..]);
     let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut ttft_ms = 0.0;
-    let t_decode = Instant::now();
-
-    let mut out_tokens: Vec<u32> = vec![];
-    let mut reasoning_tokens = 0usize;
-    let mut budget_hit = false;
-    let mut context_full = false;
-    let mut finish = FinishReason::Length;
-    let mut stop_string = None;
-
-    'outer: while out_tokens.len() < max_tokens {
+    loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            finish = FinishReason::Cancelled;
+            seq.cancel();
             break;
         }
-        // Thinking budget: past it, feed the closing tag instead of sampling.
-        let forced: Vec<u32> = match params.max_thinking_tokens {
-            Some(budget) if think.inside && reasoning_tokens >= budget && !budget_hit => {
-                budget_hit = true;
-                think_close_ids.clone()
-            }
-            _ => {
-                let t = sampler.sample(&mut logits);
-                if out_tokens.is_empty() {
-                    ttft_ms = prefill_ms + t_decode.elapsed().as_secs_f64() * 1e3;
-                }
-                if !params.ignore_eos && lm.eos_ids.contains(&t) {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                vec![t]
-            }
-        };
-        if session.cache.len() + forced.len() > ctx {
-            context_full = true;
+        let room = ctx - session.cache.len();
+        let feed = seq.step(&mut logits, room, on_text)?;
+        if feed.is_empty() {
             break;
         }
-        for &t in &forced {
-            let was_inside = think.inside;
-            sampler.accept(t);
-            out_tokens.push(t);
-            let hit = match decoder.push(t)? {
-                Some(delta) => {
-                    think.update(&delta);
-                    let (show, hit) = stops.push(&delta);
-                    if !show.is_empty() {
-                        on_text(&show);
-                    }
-                    hit
-                }
-                None => None,
-            };
-            if was_inside || think.inside {
-                reasoning_tokens += 1;
-            }
-            if let Some(s) = hit {
-                // Tokens not yet fed to the model stay out of the session, which mirrors the cache.
-                stop_string = Some(s.clone());
-                finish = FinishReason::Stop;
-                break 'outer;
-            }
-        }
-        logits = lm.model.forward_last(&forced, &mut session.cache)?;
-        session.tokens.extend_from_slice(&forced);
+        logits = lm.model.forward_last(&feed, &mut session.cache)?;
+        session.tokens.extend_from_slice(&feed);
     }
-    if finish != FinishReason::Stop || stop_string.is_none() {
-        if let Some(rest) = decoder.finish()? {
-            let (show, hit) = stops.push(&rest);
-            if !show.is_empty() {
-                on_text(&show);
-            }
-            if let Some(s) = hit {
-                stop_string = Some(s.clone());
-                finish = FinishReason::Stop;
-            }
-        }
-        if stop_string.is_none() {
-            let rest = stops.flush();
-            if !rest.is_empty() {
-                on_text(&rest);
-            }
-        }
-    }
-    if context_full {
-        finish = FinishReason::Length;
-    }
-    Ok(Generation {
-        text: stops.text.clone(),
-        completion_tokens: out_tokens.len(),
-        tokens: out_tokens,
-        finish_reason: finish,
-        stop_string,
-        prompt_tokens: prompt.len(),
-        cached_prompt_tokens: kept,
-        reasoning_tokens,
-        thinking_budget_hit: budget_hit,
-        context_full,
-        seed: sampler.seed,
-        prefill_ms,
-        time_to_first_token_ms: ttft_ms,
-        decode_ms: t_decode.elapsed().as_secs_f64() * 1e3,
-    })
+    seq.flush(on_text)?;
+    Ok(seq.into_generation(prompt.len(), kept, prefill_ms))
 }
 
 #[cfg(test)]
@@ -337,13 +462,13 @@ mod tests {
 
     fn run(stops: &[&str], chunks: &[&str]) -> (String, String, Option<String>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut sc = StopScanner { stops: &stops, text: String::new(), shown: 0 };
+        let mut sc = StopScanner { stops, text: String::new(), shown: 0 };
         let mut shown = String::new();
         for c in chunks {
             let (s, hit) = sc.push(c);
             shown.push_str(&s);
             if let Some(h) = hit {
-                return (shown, sc.text.clone(), Some(h.clone()));
+                return (shown, sc.text.clone(), Some(h));
             }
         }
         shown.push_str(&sc.flush());
