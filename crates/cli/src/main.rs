@@ -4,6 +4,7 @@
 mod chat;
 mod inspect;
 mod run;
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Cmd {
     Tokenize(inspect::TokenizeArgs),
     /// Download a known model into the cache (smollm2, qwen2.5-coder, or all).
     Pull(inspect::PullArgs),
+    /// OpenAI-compatible HTTP server with continuous batching, streaming, tools and prefix cache.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model and how to load it (shared by every subcommand that runs a model).
@@ -141,6 +144,7 @@ fn main() {
         Cmd::Prompt(a) => inspect::prompt(a),
         Cmd::Tokenize(a) => inspect::tokenize(a),
         Cmd::Pull(a) => inspect::pull(a),
+        Cmd::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         // One line: the error and its causes, outermost first.

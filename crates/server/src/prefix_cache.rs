@@ -1,0 +1,64 @@
+//! Prefix cache: KV caches of finished requests, kept so that a request whose prompt extends an
+//! earlier one (the next turn of a chat, the next step of an agent loop) prefills only what is new.
+//!
+//! A new request takes the stored session sharing the longest prefix with its prompt (removing it
+//! from the store, so no two sequences ever write one cache); the session comes back when the
+//! request ends. Memory is bounded by a total token budget with least-recently-used eviction.
+
+use nanbeige_engine::{LoadedModel, Session};
+
+/// Below this many shared tokens a stored session is not worth taking over.
+const MIN_SHARED: usize = 16;
+
+pub struct PrefixCache {
+    entries: Vec<(u64, Session)>,
+    budget_tokens: usize,
+    clock: u64,
+    pub hits: u64,
+}
+
+impl PrefixCache {
+    pub fn new(budget_tokens: usize) -> Self {
+        Self { entries: vec![], budget_tokens, clock: 0, hits: 0 }
+    }
+
+    /// A session for `prompt`: the stored one with the longest shared prefix, or a fresh one.
+    pub fn take(&mut self, prompt: &[u32], lm: &LoadedModel) -> Session {
+        let shared = |s: &Session| s.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let best = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (_, s))| (i, shared(s)))
+            .max_by_key(|&(_, n)| n);
+        match best {
+            Some((i, n)) if n >= MIN_SHARED => {
+                self.hits += 1;
+                self.entries.swap_remove(i).1
+            }
+            _ => Session::new(lm),
+        }
+    }
+
+    /// Return a session after its request finished.
+    pub fn put(&mut self, session: Session) {
+        if self.budget_tokens == 0 || session.tokens.len() < MIN_SHARED {
+            return;
+        }
+        self.clock += 1;
+        self.entries.push((self.clock, session));
+        let mut total: usize = self.entries.iter().map(|(_, s)| s.tokens.len()).sum();
+        while total > self.budget_tokens && !self.entries.is_empty() {
+            let oldest = self.entries.iter().enumerate().min_by_key(|(_, (t, _))| *t).map(|(i, _)| i).unwrap();
+            total -= self.entries.swap_remove(oldest).1.tokens.len();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.entries.iter().map(|(_, s)| s.tokens.len()).sum()
+    }
+}
