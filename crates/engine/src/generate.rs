@@ -100,7 +100,7 @@ impl Session {
 
     /// Keep the longest cached prefix of `prompt` (at least one token is always recomputed, to get
     /// fresh logits) and return how many tokens were kept.
-    fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
         let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let keep = common.min(prompt.len().saturating_sub(1));
         self.cache.truncate(keep);
