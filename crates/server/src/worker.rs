@@ -97,6 +97,7 @@ pub fn run(lm: Arc<LoadedModel>, jobs: Receiver<Job>, cfg: WorkerConfig, metrics
         }
         metrics.active.store(active.len(), Ordering::Relaxed);
         step(lm, &mut active, &mut cache, &metrics);
+        metrics.active.store(active.len(), Ordering::Relaxed);
     }
 }
 

@@ -190,6 +190,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Output that ends right after a complete call (EOS instead of </tool_call>) is a call.
+        let p = parse_output("<tool_call>\n{\"name\": \"g\", \"arguments\": {\"x\": 1}}\n", false);
+        assert_eq!(p.tool_calls, vec![call("g", json!({"x": 1}))]);
         for bad in [
             "[1]",
             "{\"arguments\": {}}",

@@ -17,10 +17,15 @@ pub(crate) fn parse(body: &str) -> ToolCallItem {
     }
 }
 
+/// A block the output ended inside. Small models often stop (EOS) right after a complete JSON
+/// call instead of writing `</tool_call>`; such a call is taken. A cut-off one is Invalid.
 pub(crate) fn unclosed(body: &str) -> ToolCallItem {
-    ToolCallItem::Invalid {
-        raw: body.to_string(),
-        error: "unclosed <tool_call> (no </tool_call> before the end)".to_string(),
+    match read(body.trim()) {
+        Ok((name, arguments)) => ToolCallItem::Call { name, arguments },
+        Err(_) => ToolCallItem::Invalid {
+            raw: body.to_string(),
+            error: "unclosed <tool_call> (no </tool_call> before the end)".to_string(),
+        },
     }
 }
 
