@@ -326,3 +326,25 @@ def test_sigterm_lets_running_requests_finish():
         assert s.proc.wait(30) == 0
     finally:
         s.stop()
+
+
+def test_json_schema_output_is_enforced(qwen):
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "species": {"enum": ["cat", "dog"]}},
+        "required": ["name", "age", "species"],
+        "additionalProperties": False,
+    }
+    r = qwen.client().chat.completions.create(
+        model="qwen2.5-coder", temperature=0, max_tokens=80,
+        messages=[{"role": "user", "content": "Describe a cat named Tom who is 3 years old."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": schema}},
+    )
+    v = json.loads(r.choices[0].message.content)
+    assert set(v) == {"name", "age", "species"} and isinstance(v["age"], int) and v["species"] in ("cat", "dog")
+    assert r.choices[0].finish_reason == "stop"
+    r = qwen.client().chat.completions.create(
+        model="qwen2.5-coder", temperature=0.9, seed=1, max_tokens=80,
+        messages=[{"role": "user", "content": "List three colors."}], response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(r.choices[0].message.content), dict)

@@ -131,6 +131,7 @@ impl GenArgs {
             ignore_eos: self.ignore_eos,
             max_thinking_tokens: self.max_thinking_tokens,
             logprobs: None,
+            json_schema: None,
         }
     }
 }

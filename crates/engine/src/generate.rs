@@ -6,6 +6,7 @@
 //! Not here: chat templates and output parsing (nanbeige-text), batching several sequences.
 
 use crate::load::LoadedModel;
+use crate::json_constraint::JsonState;
 use crate::sampler::{Sampler, SamplingParams};
 use anyhow::{bail, Result};
 use nanbeige_model::Cache;
@@ -29,6 +30,8 @@ pub struct GenParams {
     pub max_thinking_tokens: Option<usize>,
     /// Record each sampled token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Constrain the output to JSON matching this schema (response_format).
+    pub json_schema: Option<std::sync::Arc<crate::json_constraint::Schema>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -226,6 +229,7 @@ pub struct SeqDecode<'a> {
     pub logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     stop_string: Option<String>,
+    json: Option<JsonState>,
     started: Instant,
     first_token: Option<Instant>,
 }
@@ -249,6 +253,7 @@ impl<'a> SeqDecode<'a> {
             logprobs: vec![],
             finish: None,
             stop_string: None,
+            json: params.json_schema.clone().map(JsonState::new),
             started: Instant::now(),
             first_token: None,
         })
@@ -297,7 +302,10 @@ impl<'a> SeqDecode<'a> {
             _ => {
                 let top = self.params.logprobs;
                 let lp = top.map(|n| log_softmax_top(logits, n));
-                let t = self.sampler.sample(logits);
+                let t = match self.json.clone() {
+                    Some(js) => self.pick_json(logits, &js)?,
+                    None => self.sampler.sample(logits),
+                };
                 if let Some((lse, top)) = lp {
                     self.logprobs.push(TokenLogprob { token: t, logprob: lse.logprob_of(t), top });
                 }
@@ -332,6 +340,13 @@ impl<'a> SeqDecode<'a> {
             if was_inside || self.think.inside {
                 self.reasoning_tokens += 1;
             }
+            if let Some(js) = self.json.as_mut() {
+                js.feed(&self.lm.token_texts()[t as usize]);
+                if js.is_complete() {
+                    self.finish = Some(FinishReason::Stop);
+                    return Ok(vec![]);
+                }
+            }
             if let Some(s) = hit {
                 self.stop_string = Some(s);
                 self.finish = Some(FinishReason::Stop);
@@ -340,6 +355,29 @@ impl<'a> SeqDecode<'a> {
             }
         }
         Ok(forced)
+    }
+
+    /// Choose a token that keeps the output valid JSON for the schema. Rejection sampling (draw,
+    /// refuse invalid, draw again) samples exactly from the distribution restricted to valid
+    /// tokens without scoring the whole vocabulary; a full scan in logit order backs it up.
+    fn pick_json(&mut self, logits: &mut [f32], js: &JsonState) -> Result<u32> {
+        let lm = self.lm;
+        let texts = lm.token_texts();
+        let valid = |t: u32| {
+            let s = &texts[t as usize];
+            !s.is_empty() && !s.contains('\u{FFFD}') && js.accepts(s)
+        };
+        self.sampler.apply_penalties(logits);
+        for _ in 0..32 {
+            let t = self.sampler.pick(logits);
+            if valid(t) {
+                return Ok(t);
+            }
+            logits[t as usize] = f32::NEG_INFINITY;
+        }
+        let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&t| logits[t as usize] > f32::NEG_INFINITY).collect();
+        order.sort_unstable_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        order.into_iter().find(|&t| valid(t)).ok_or_else(|| anyhow::anyhow!("no token can continue the JSON output"))
     }
 
     /// Flush text held back (a partial character or a possible stop-string start) once finished.

@@ -4,6 +4,7 @@
 
 pub mod generate;
 pub mod hub;
+pub mod json_constraint;
 pub mod load;
 pub mod prompt;
 pub mod sampler;

@@ -30,6 +30,17 @@ pub struct LoadedModel {
     pub tensors: Vec<(String, String, Vec<usize>)>,
     /// Longest prompt + output this instance accepts.
     pub context_len: usize,
+    /// Each token's text on its own, built on first use (constrained decoding needs it).
+    token_texts: std::sync::OnceLock<Vec<String>>,
+}
+
+impl LoadedModel {
+    pub fn token_texts(&self) -> &[String] {
+        self.token_texts.get_or_init(|| {
+            let tok = &self.text.tokenizer;
+            (0..self.model.cfg.vocab_size as u32).map(|i| tok.decode(&[i], false).unwrap_or_default()).collect()
+        })
+    }
 }
 
 pub struct EngineOptions {
@@ -120,7 +131,18 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<LoadedModel> {
         None => model_ctx.min(DEFAULT_CONTEXT_CAP),
     };
     model.ensure_positions(context_len)?;
-    Ok(LoadedModel { model, text, template, sampling_defaults, eos_ids, path: path.to_path_buf(), format, tensors, context_len })
+    Ok(LoadedModel {
+        model,
+        text,
+        template,
+        sampling_defaults,
+        eos_ids,
+        path: path.to_path_buf(),
+        format,
+        tensors,
+        context_len,
+        token_texts: Default::default(),
+    })
 }
 
 fn is_gguf_magic(path: &Path) -> bool {

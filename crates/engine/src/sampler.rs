@@ -95,6 +95,12 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        self.apply_penalties(logits);
+        self.pick(logits)
+    }
+
+    /// Repetition, presence and frequency penalties, in place.
+    pub fn apply_penalties(&self, logits: &mut [f32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
@@ -110,6 +116,12 @@ impl Sampler {
                 }
             }
         }
+    }
+
+    /// Draw a token from (already penalized) logits: argmax at temperature 0, else top-k, top-p,
+    /// min-p and a seeded draw.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
         if p.temperature == 0.0 {
             return argmax(logits);
         }

@@ -167,6 +167,7 @@ fn common(
         ignore_eos: boolean(o, "ignore_eos")?,
         max_thinking_tokens: thinking.map(|t| t as usize),
         logprobs: None,
+        json_schema: None,
     };
     Ok((params, n, stream, include_usage))
 }
@@ -271,14 +272,13 @@ pub fn parse_chat(body: &Value, defaults: &SamplingParams) -> Result<ChatRequest
         }
         _ => {}
     }
-    match o.get("response_format").and_then(|r| r.get("type")).and_then(Value::as_str) {
-        None | Some("text") => {}
-        Some(t @ ("json_object" | "json_schema")) => {
-            return Err(ApiError::param("response_format", format!("response_format '{t}' is not supported yet (constrained decoding is not implemented)")))
-        }
-        Some(t) => return Err(ApiError::param("response_format", format!("unknown response_format type '{t}'"))),
-    }
+    let json_schema = match o.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(rf) => nanbeige_engine::json_constraint::from_response_format(rf)
+            .map_err(|e| ApiError::param("response_format", e.to_string()))?,
+    };
     let (mut params, n, stream, include_usage) = common(o, defaults)?;
+    params.json_schema = json_schema;
     let logprobs = boolean(o, "logprobs")?;
     let top = int(o, "top_logprobs", 0, 20)?;
     if top.is_some() && !logprobs {
@@ -414,7 +414,8 @@ mod tests {
             (json!({"messages": [{"role": "user", "content": "x"}], "stop": [1]}), "stop"),
             (json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}), "tool_choice"),
             (json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}), "top_logprobs"),
-            (json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}), "response_format"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}), "response_format"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}), "response_format"),
         ];
         for (body, param) in cases {
             let e = parse_chat(&body, &defaults()).err().unwrap_or_else(|| panic!("{body} accepted"));
