@@ -11,13 +11,23 @@ use crate::config::Config;
 use crate::rope::RopeTables;
 use crate::weights::{LoadOptions, Weight, WeightSource};
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
+use nanbeige_kernels::{Format, FloatWeights, PackedMatrix};
+use std::sync::Arc;
 
 /// Upper bound on cos/sin table length when the config allows a huge context (Nanbeige: 262,144).
 /// Longer contexts extend the table lazily through `Llama::with_context`.
 const DEFAULT_ROPE_POSITIONS: usize = 32768;
 
+/// A linear layer y = x W^T (+ b).
+///
+/// Inference runs on nanbeige-kernels: GGUF quantized weights are repacked at load into the
+/// kernels' layout (candle's QTensor is then dropped, so the weights sit in memory once), and
+/// bf16/f16 tensors are read in place. Whenever autograd needs the graph (the weight is a `Var` or
+/// the input depends on one), float weights go through candle's matmul instead, which training
+/// differentiates. Quantized types the kernels do not cover (Q2_K, Q3_K, ...) stay on candle's
+/// QMatMul.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: LinearWeight,
@@ -27,14 +37,53 @@ pub struct Linear {
 #[derive(Clone, Debug)]
 enum LinearWeight {
     Float(Tensor),
+    Packed(Arc<PackedMatrix>, GgmlDType),
     Quant(QMatMul),
+}
+
+fn kernel_format(t: GgmlDType) -> Option<Format> {
+    Some(match t {
+        GgmlDType::Q4_0 => Format::Q4_0,
+        GgmlDType::Q4_1 => Format::Q4_1,
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q5_1 => Format::Q5_1,
+        GgmlDType::Q8_0 => Format::Q8_0,
+        GgmlDType::Q4K => Format::Q4K,
+        GgmlDType::Q5K => Format::Q5K,
+        GgmlDType::Q6K => Format::Q6K,
+        _ => return None,
+    })
+}
+
+/// Run `f` on the rows of `x` as one contiguous f32 slice (rows, k).
+fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let x = if x.dtype() == DType::F32 { x.contiguous()? } else { x.to_dtype(DType::F32)?.contiguous()? };
+    let k = x.dims().last().copied().unwrap_or(1);
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else { bail!("linear: expected f32 activations on the CPU") };
+    let data = &data[layout.start_offset()..layout.start_offset() + x.elem_count()];
+    Ok(f(data, x.elem_count() / k.max(1)))
+}
+
+/// The output shape: x's with the last dimension replaced by `n`.
+fn out_shape(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().unwrap() = n;
+    dims
 }
 
 impl Linear {
     fn new(w: Weight, bias: Option<Tensor>) -> Result<Self> {
         let weight = match w {
             Weight::Float(t) => LinearWeight::Float(t),
-            Weight::Quant(q) => LinearWeight::Quant(QMatMul::from_arc(q)?),
+            Weight::Quant(q) => match kernel_format(q.dtype()) {
+                Some(f) => {
+                    let (n, k) = q.shape().dims2()?;
+                    let packed = PackedMatrix::from_gguf(f, n, k, &q.data()?).map_err(anyhow::Error::msg)?;
+                    LinearWeight::Packed(Arc::new(packed), q.dtype())
+                }
+                None => LinearWeight::Quant(QMatMul::from_arc(q)?),
+            },
         };
         Ok(Self { weight, bias })
     }
@@ -42,16 +91,38 @@ impl Linear {
     /// x: (..., in) f32 -> (..., out) f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            LinearWeight::Float(w) if matches!(w.dtype(), DType::BF16 | DType::F16) && !w.track_op() && !x.track_op() => {
+                let (n, k) = w.dims2()?;
+                let w = w.contiguous()?;
+                let (ws, wl) = w.storage_and_layout();
+                let weights = match &*ws {
+                    Storage::Cpu(CpuStorage::BF16(v)) => FloatWeights::Bf16(&v[wl.start_offset()..wl.start_offset() + n * k]),
+                    Storage::Cpu(CpuStorage::F16(v)) => FloatWeights::F16(&v[wl.start_offset()..wl.start_offset() + n * k]),
+                    _ => bail!("linear: expected half-precision weights on the CPU"),
+                };
+                let y = with_rows(x, |xs, m| {
+                    let mut y = vec![0f32; m * n];
+                    nanbeige_kernels::matmul_float(weights, n, k, xs, m, &mut y);
+                    y
+                })?;
+                Tensor::from_vec(y, out_shape(x, n), &Device::Cpu)?
+            }
             LinearWeight::Float(w) => {
                 let dims = x.dims().to_vec();
                 let (rows, k) = (x.elem_count() / dims[dims.len() - 1], dims[dims.len() - 1]);
-                // Half-precision weights are widened per call (candle's CPU gemm has no bf16
-                // kernel anyway) so activations never lose precision.
+                // The autograd path: half-precision weights are widened per call so candle can
+                // differentiate through an f32 matmul.
                 let w = if w.dtype() == DType::F32 { w.clone() } else { w.to_dtype(DType::F32)? };
                 let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
-                let mut out = dims;
-                *out.last_mut().unwrap() = w.dims()[0];
-                y.reshape(out)?
+                y.reshape(out_shape(x, w.dims()[0]))?
+            }
+            LinearWeight::Packed(p, _) => {
+                let y = with_rows(x, |xs, m| {
+                    let mut y = vec![0f32; m * p.n()];
+                    nanbeige_kernels::matmul(p, xs, m, &mut y);
+                    y
+                })?;
+                Tensor::from_vec(y, out_shape(x, p.n()), &Device::Cpu)?
             }
             LinearWeight::Quant(q) => q.forward(x)?,
         };
@@ -64,7 +135,19 @@ impl Linear {
     pub fn float_weight(&self) -> Option<&Tensor> {
         match &self.weight {
             LinearWeight::Float(t) => Some(t),
-            LinearWeight::Quant(_) => None,
+            _ => None,
+        }
+    }
+
+    /// Storage type, for `info`.
+    fn type_name(&self) -> String {
+        match &self.weight {
+            LinearWeight::Float(w) => format!("{:?}", w.dtype()).to_lowercase(),
+            LinearWeight::Packed(_, t) => format!("{t:?}"),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
+            LinearWeight::Quant(QMatMul::Tensor(w)) | LinearWeight::Quant(QMatMul::TensorF16(w)) => {
+                format!("{:?}", w.dtype()).to_lowercase()
+            }
         }
     }
 }
@@ -91,7 +174,10 @@ struct Block {
 
 enum Embedding {
     Float(Tensor),
-    Quant(std::sync::Arc<candle_core::quantized::QTensor>),
+    Quant(Arc<candle_core::quantized::QTensor>),
+    /// Tied to a quantized LM head: rows are decoded from the head's packed weights, so the
+    /// matrix is held once.
+    Packed(Arc<PackedMatrix>),
 }
 
 pub struct Llama {
@@ -221,9 +307,13 @@ impl Llama {
         } else {
             Linear::new(embed_w.clone(), None)?
         };
-        let embed = match embed_w {
-            Weight::Float(t) => Embedding::Float(t),
-            Weight::Quant(q) => Embedding::Quant(q),
+        let embed = match (embed_w, &lm_head.weight) {
+            (Weight::Quant(q), LinearWeight::Packed(p, _)) if !src.contains("lm_head.weight") => {
+                drop(q);
+                Embedding::Packed(p.clone())
+            }
+            (Weight::Float(t), _) => Embedding::Float(t),
+            (Weight::Quant(q), _) => Embedding::Quant(q),
         };
         src.finish();
         let positions = cfg.max_position_embeddings.min(DEFAULT_ROPE_POSITIONS);
@@ -263,6 +353,15 @@ impl Llama {
                 w.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?.reshape((b, s, self.cfg.hidden_size))?
             }
             Embedding::Quant(q) => q.embedding(ids)?,
+            Embedding::Packed(p) => {
+                let (b, s) = ids.dims2()?;
+                let h = p.k();
+                let mut out = vec![0f32; b * s * h];
+                for (row, &id) in out.chunks_exact_mut(h).zip(ids.flatten_all()?.to_vec1::<u32>()?.iter()) {
+                    p.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (b, s, h), &Device::Cpu)?
+            }
         })
     }
 
@@ -369,7 +468,15 @@ impl Llama {
             (self.rope.apply(&q, start, cfg.rope_interleaved)?, self.rope.apply(&k, start, cfg.rope_interleaved)?)
         };
         let (k, v) = match cache {
-            Some(c) => c.append(layer, &k, &v).context("kv cache")?,
+            Some(c) => {
+                let kv = c.append(layer, &k, &v).context("kv cache")?;
+                if s == 1 && b == 1 && !self.differentiable {
+                    // Decode step: attend straight from the cache buffers.
+                    let (kb, vb) = c.layers[layer].as_ref().context("kv cache")?;
+                    return crate::attention::decode(&q, kb, vb, c.len + 1, nh, nkv);
+                }
+                kv
+            }
             None => (k, v.contiguous()?),
         };
         // Grouped-query attention without copying K/V: the `rep` query heads sharing one kv head are
@@ -439,13 +546,7 @@ impl Llama {
 
     /// Describe each weight's storage for `info`: (what, type) pairs of the first block and heads.
     pub fn weight_types(&self) -> Vec<(&'static str, String)> {
-        let t = |l: &Linear| match &l.weight {
-            LinearWeight::Float(w) => format!("{:?}", w.dtype()).to_lowercase(),
-            LinearWeight::Quant(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
-            LinearWeight::Quant(QMatMul::Tensor(w)) | LinearWeight::Quant(QMatMul::TensorF16(w)) => {
-                format!("{:?}", w.dtype()).to_lowercase()
-            }
-        };
+        let t = |l: &Linear| l.type_name();
         let mut v = vec![];
         if let Some(b) = self.blocks.first() {
             v.push(("attn_q", t(&b.attn.q)));

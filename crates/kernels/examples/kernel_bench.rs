@@ -1,0 +1,211 @@
+//! Kernel throughput on the Nanbeige4.1-3B matrix shapes, random weights:
+//! GEMV (decode, m = 1) in GB/s of weights streamed, GEMM (prefill) in GMAC/s.
+//!
+//!     cargo run --release -p nanbeige-kernels --example kernel_bench [-- FORMAT... [--m M] [--isa ISA]]
+
+use half::bf16;
+use nanbeige_kernels::{matmul_float_isa, matmul_isa, supported_isas, Format, FloatWeights, Isa, PackedMatrix};
+use std::time::Instant;
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// Random blocks with small finite f16 scales.
+fn blocks(f: Format, n: usize, k: usize) -> Vec<u8> {
+    let mut v = random_bytes(n * k / f.block_len() * f.gguf_block_bytes(), 7);
+    let bb = f.gguf_block_bytes();
+    let fields: &[usize] = match f {
+        Format::Q6K => &[208],
+        Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+        _ => &[0],
+    };
+    for b in 0..v.len() / bb {
+        for &at in fields {
+            v[b * bb + at..b * bb + at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+        }
+    }
+    v
+}
+
+/// Streaming read of a buffer much larger than the caches, split over the pool: the ceiling a
+/// memory-bound GEMV can reach right now on this machine.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1u64; 32 << 20];
+    let secs = time(
+        || {
+            let s: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a ^ b)).sum();
+            std::hint::black_box(s);
+        },
+        1.0,
+    );
+    (buf.len() * 8) as f64 / secs / 1e9
+}
+
+/// One decode step of the Nanbeige4.1-3B shape, matmuls only, back to back: 32 layers of
+/// q, k, v, o, gate, up, down in `f`, then a Q6_K LM head, as weights stream from memory.
+fn simulate_decode(f: Format, isa: Isa) {
+    let layer = [(2560, 2560), (512, 2560), (512, 2560), (2560, 2560), (10496, 2560), (10496, 2560), (2560, 10496)];
+    let mut mats = vec![];
+    for _ in 0..32 {
+        for &(n, k) in &layer {
+            mats.push(PackedMatrix::from_gguf(f, n, k, &blocks(f, n, k)).unwrap());
+        }
+    }
+    mats.push(PackedMatrix::from_gguf(Format::Q6K, 166144, 2560, &blocks(Format::Q6K, 166144, 2560)).unwrap());
+    let bytes: usize = mats.iter().map(|m| m.size_in_bytes()).sum();
+    let x: Vec<f32> = random_bytes(10496, 3).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();
+    let mut y = vec![0f32; 166144];
+    let secs = time(
+        || {
+            for m in &mats {
+                matmul_isa(isa, m, &x[..m.k()], 1, &mut y[..m.n()]);
+            }
+        },
+        3.0,
+    );
+    let cpu = *CPU_PER_ITER.lock().unwrap();
+    println!(
+        "decode step ({} layers + Q6_K head, {:.2} GB): {:.1} ms = {:.2} tok/s, {:.1} GB/s ({:.0}% of {} cores busy)",
+        f.name(),
+        bytes as f64 / 1e9,
+        secs * 1e3,
+        1.0 / secs,
+        bytes as f64 / secs / 1e9,
+        100.0 * cpu / secs / rayon::current_num_threads() as f64,
+        rayon::current_num_threads()
+    );
+}
+
+/// CPU seconds (user + system) this process has used: on a shared machine, throughput per CPU
+/// second says how fast the kernel is when it has the cores, whatever else is running.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map(|f| f.iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+static CPU_PER_ITER: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
+
+/// Wall seconds per call; also records CPU seconds per call in CPU_PER_ITER.
+fn time(mut f: impl FnMut(), min_secs: f64) -> f64 {
+    f();
+    let (t, c) = (Instant::now(), cpu_secs());
+    let mut iters = 0;
+    while t.elapsed().as_secs_f64() < min_secs {
+        f();
+        iters += 1;
+    }
+    *CPU_PER_ITER.lock().unwrap() = (cpu_secs() - c) / iters as f64;
+    t.elapsed().as_secs_f64() / iters as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut formats = vec![];
+    let mut ms = vec![1usize, 512];
+    let mut isas = supported_isas();
+    let mut shapes_arg: Option<(usize, usize)> = None;
+    let mut decode_sim = false;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--m" => {
+                ms = args[i + 1].split(',').map(|s| s.parse().unwrap()).collect();
+                i += 1;
+            }
+            "--shape" => {
+                let v: Vec<usize> = args[i + 1].split(',').map(|s| s.parse().unwrap()).collect();
+                shapes_arg = Some((v[0], v[1]));
+                i += 1;
+            }
+            "--decode-sim" => decode_sim = true,
+            "--isa" => {
+                isas = vec![Isa::parse(&args[i + 1]).expect("isa")];
+                i += 1;
+            }
+            f => formats.push(f.to_string()),
+        }
+        i += 1;
+    }
+    if decode_sim {
+        let f = formats.first().map(|n| *Format::ALL.iter().find(|f| f.name() == n).expect("format")).unwrap_or(Format::Q4_0);
+        for _ in 0..3 {
+            println!("read bandwidth (2 threads, 256 MiB): {:.1} GB/s", read_bandwidth());
+            simulate_decode(f, *isas.last().unwrap());
+        }
+        return;
+    }
+    let all = Format::ALL.iter().map(|f| f.name().to_string()).chain(["BF16".to_string()]);
+    let formats: Vec<String> = if formats.is_empty() { all.collect() } else { formats };
+    let mut shapes = vec![(2560usize, 2560usize, "q/o 2560x2560"), (10496, 2560, "gate/up 10496x2560"), (2560, 10496, "down 2560x10496")];
+    if let Some((n, k)) = shapes_arg {
+        shapes = vec![(n, k, "custom")];
+    }
+    println!("threads: {}", rayon::current_num_threads());
+    println!("read bandwidth (2 threads, 256 MiB): {:.1} GB/s", read_bandwidth());
+    for name in &formats {
+        for &(n, k, label) in &shapes {
+            for &m in &ms {
+                for &isa in &isas {
+                    if isa == Isa::Scalar && m > 1 {
+                        continue;
+                    }
+                    let x: Vec<f32> = random_bytes(m * k, 3).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();
+                    let mut y = vec![0f32; m * n];
+                    let min = if m == 1 { 0.5 } else { 1.5 };
+                    // GEMV cycles through copies totalling more than the L3 cache, so weights come
+                    // from memory as in real decoding.
+                    let copies = if m == 1 { 8 } else { 1 };
+                    let mut next = 0;
+                    let (secs, bytes) = if name == "BF16" {
+                        let w: Vec<bf16> = random_bytes(n * k, 5).iter().map(|&b| bf16::from_f32(b as f32 / 256.0)).collect();
+                        let ws: Vec<Vec<bf16>> = (0..copies).map(|_| w.clone()).collect();
+                        let s = time(
+                            || {
+                                next = (next + 1) % copies;
+                                matmul_float_isa(isa, FloatWeights::Bf16(&ws[next]), n, k, &x, m, &mut y)
+                            },
+                            min,
+                        );
+                        (s, n * k * 2)
+                    } else {
+                        let f = *Format::ALL.iter().find(|f| f.name() == name).expect("format");
+                        let b = blocks(f, n, k);
+                        let ws: Vec<PackedMatrix> = (0..copies).map(|_| PackedMatrix::from_gguf(f, n, k, &b).unwrap()).collect();
+                        let s = time(
+                            || {
+                                next = (next + 1) % copies;
+                                matmul_isa(isa, &ws[next], &x, m, &mut y)
+                            },
+                            min,
+                        );
+                        (s, ws[0].size_in_bytes())
+                    };
+                    let gmacs = (m * n * k) as f64 / secs / 1e9;
+                    let cpu = *CPU_PER_ITER.lock().unwrap();
+                    println!(
+                        "{name:5} {label:20} m={m:4} {:7} {:9.3} ms  {:6.1} GB/s  {:7.1} GMAC/s  ({:5.0}% of {} cores busy, {:6.1} GMAC per CPU-second)",
+                        isa.name(),
+                        secs * 1e3,
+                        bytes as f64 / secs / 1e9,
+                        gmacs,
+                        100.0 * cpu / secs / rayon::current_num_threads() as f64,
+                        rayon::current_num_threads(),
+                        (m * n * k) as f64 / cpu / 1e9,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! AVX2 micro-kernels, for x86 CPUs without AVX-512 VNNI. Same packed layout and same arithmetic
+//! as `avx512.rs`, on half a group at a time (8 weight rows per ymm: the low or high 32 bytes of
+//! each 64-byte vector). Int8 products use `vpmaddubsw` (unsigned codes x signed activations ->
+//! int16 pairs) then `vpmaddwd` by ones to int32. Two `vpmaddubsw` results are added in int16
+//! before widening; codes of at most 6 bits keep that below 2*2*63*127 = 32004, so nothing
+//! saturates. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
+//! Float steps match the scalar kernel's order exactly, so results are bit-identical to it.
+
+use crate::acts::Acts;
+use crate::gemm::{Out, MT_MAX};
+use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
+use core::arch::x86_64::*;
+
+/// Activation rows per inner tile. Codes are unpacked once per block for all of them (the
+/// compiler keeps what does not fit in 16 registers on the stack, in L1).
+const MT: usize = 4;
+
+/// See `scalar::tile`. Safety: the CPU must support the `Isa::Avx2` features; `row0 + mt` must
+/// not exceed the activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile(w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize, out: &mut Out) {
+    debug_assert!((1..=MT_MAX).contains(&mt) && row0 + mt <= a.m);
+    let p = w.group_ptr(g);
+    let nb = w.blocks();
+    let f = w.format();
+    let mut j = 0;
+    while j < mt {
+        let n = (mt - j).min(MT);
+        for half in 0..2 {
+            let mut o = [[0f32; 8]; MT];
+            let r = row0 + j;
+            macro_rules! by_n {
+                ($k:ident $(, $arg:expr)*) => {
+                    match n {
+                        1 => $k::<1>($($arg,)* p, half, nb, a, r, &mut o),
+                        2 => $k::<2>($($arg,)* p, half, nb, a, r, &mut o),
+                        3 => $k::<3>($($arg,)* p, half, nb, a, r, &mut o),
+                        _ => $k::<4>($($arg,)* p, half, nb, a, r, &mut o),
+                    }
+                };
+            }
+            match f {
+                Format::Q4K | Format::Q5K => by_n!(q45k, f == Format::Q5K),
+                Format::Q6K => by_n!(q6k),
+                _ => by_n!(q32, f),
+            }
+            for (jj, o) in o.iter().enumerate().take(n) {
+                out[j + jj][8 * half..8 * half + 8].copy_from_slice(o);
+            }
+        }
+        j += n;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bcast_i32(p: *const i8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load_f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// 0xFF in byte i where bit i of `x` is set (ggml's bytes_from_bits_32).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_from_bits(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bits = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1))
+}
+
+/// int32 lanes += products of two code vectors with two broadcast activation dwords.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot2(acc: __m256i, w0: __m256i, a0: *const i8, w1: __m256i, a1: *const i8) -> __m256i {
+    let p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast_i32(a0)), _mm256_maddubs_epi16(w1, bcast_i32(a1)));
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+}
+
+/// Fifth bits of one unpacked vector (its u64 mask at `hb`) for this half, as 0x10 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fifth_bits(hb: *const u8, half: usize) -> __m256i {
+    let m = (hb as *const u64).read_unaligned() >> (32 * half);
+    _mm256_and_si256(bytes_from_bits(m as u32), _mm256_set1_epi8(16))
+}
+
+/// 32-element formats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q32<const N: usize>(f: Format, w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+    let lay = Tile::of(f);
+    let tb = f.tile_bytes();
+    let has_min = matches!(f, Format::Q4_1 | Format::Q5_1);
+    let five = matches!(f, Format::Q5_0 | Format::Q5_1);
+    let k = a.k;
+    let (vo, so) = (32 * half, 16 * half);
+    let low4 = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let dw = load_f16x8(t.add(lay.d + so));
+        // wv[c]: elements 4c..4c+4 of the 8 rows. Q8_0: the signed values (codes ^ 0x80).
+        let mut wv = [_mm256_setzero_si256(); 8];
+        if f == Format::Q8_0 {
+            for (i, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_xor_si256(load(t.add(qs_at(f, i) + vo)), _mm256_set1_epi8(-128));
+            }
+        } else {
+            for i in 0..4 {
+                let v = load(t.add(qs_at(f, i) + vo));
+                wv[i] = _mm256_and_si256(v, low4);
+                wv[4 + i] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                if five {
+                    wv[i] = _mm256_or_si256(wv[i], fifth_bits(t.add(hb_at(f, 2 * i)), half));
+                    wv[4 + i] = _mm256_or_si256(wv[4 + i], fifth_bits(t.add(hb_at(f, 2 * i + 1)), half));
+                }
+            }
+        }
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let row = row0 + j;
+            let ib = row * (k / 32) + b;
+            let aq = a.qs.as_ptr().add(row * k + 32 * b);
+            let mut s;
+            if f == Format::Q8_0 {
+                // |w| x sign(a, w): products fit int16 one pair at a time.
+                s = _mm256_setzero_si256();
+                for (c, v) in wv.iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*v), _mm256_sign_epi8(bcast_i32(aq.add(4 * c)), *v));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                }
+            } else {
+                s = if has_min { _mm256_setzero_si256() } else { _mm256_set1_epi32(*a.bias.get_unchecked(ib)) };
+                for c in (0..8).step_by(2) {
+                    s = dot2(s, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                }
+            }
+            let da = _mm256_set1_ps(*a.d.get_unchecked(ib));
+            *acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), da), *acc);
+            if has_min {
+                let mw = load_f16x8(t.add(lay.m + so));
+                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.s.get_unchecked(ib)), *acc);
+            }
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}
+
+/// Q4_K / Q5_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+    let f = if five { Format::Q5K } else { Format::Q4K };
+    let lay = Tile::of(f);
+    let tb = f.tile_bytes();
+    let k = a.k;
+    let (vo, so) = (32 * half, 16 * half);
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let mut tot = [_mm256_setzero_si256(); N];
+        for s in 0..8 {
+            let (jj, h) = (s / 2, s % 2);
+            let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.add(lay.sc + 16 * s + 8 * half) as *const __m128i));
+            let mut wv = [_mm256_setzero_si256(); 8];
+            for (c, v) in wv.iter_mut().enumerate() {
+                let i = 8 * jj + c;
+                let raw = load(t.add(qs_at(f, i) + vo));
+                *v = if h == 0 { _mm256_and_si256(raw, low4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4) };
+                if five {
+                    *v = _mm256_or_si256(*v, fifth_bits(t.add(hb_at(f, 2 * i + h)), half));
+                }
+            }
+            for (j, tot) in tot.iter_mut().enumerate() {
+                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
+                let mut isum = _mm256_setzero_si256();
+                for c in (0..8).step_by(2) {
+                    isum = dot2(isum, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                }
+                *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
+            }
+        }
+        let d = load_f16x8(t.add(lay.d + so));
+        let dmin = load_f16x8(t.add(lay.m + so));
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let row = row0 + j;
+            let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
+            let mut mins = _mm256_setzero_si256();
+            for pair in 0..4 {
+                let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.add(lay.mn + 32 * pair + 16 * half) as *const __m128i));
+                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mn, _mm256_set1_epi32(bs.add(pair).read_unaligned())));
+            }
+            let da = _mm256_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
+            *acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(tot[j]), da), *acc);
+            *acc = _mm256_fnmadd_ps(dmin, _mm256_mul_ps(_mm256_cvtepi32_ps(mins), da), *acc);
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}
+
+/// Q6_K (same quarter-by-quarter order as the AVX-512 kernel; see there).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k<const N: usize>(w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+    let lay = Tile::of(Format::Q6K);
+    let tb = Format::Q6K.tile_bytes();
+    let k = a.k;
+    let (vo, so) = (32 * half, 16 * half);
+    let low4 = _mm256_set1_epi8(0x0F);
+    let hi2 = _mm256_set1_epi8(0x30);
+    let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let mut tot = [_mm256_setzero_si256(); N];
+        for q in 0..4 {
+            let (h, cg) = (q / 2, q % 2);
+            // by_chunk[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 8 rows, c = 4cg + c4.
+            let by_chunk: [[__m256i; 4]; 4] = std::array::from_fn(|c4| {
+                let c = 4 * cg + c4;
+                let hv = load(t.add(q6k_qh_at(8 * h + c) + vo));
+                let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c) + vo));
+                let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c) + vo));
+                [
+                    code(l0, _mm256_slli_epi16::<4>(hv)),
+                    code(l1, _mm256_slli_epi16::<2>(hv)),
+                    code(_mm256_srli_epi16::<4>(l0), hv),
+                    code(_mm256_srli_epi16::<4>(l1), _mm256_srli_epi16::<2>(hv)),
+                ]
+            });
+            let codes: [[__m256i; 4]; 4] = std::array::from_fn(|tt| std::array::from_fn(|c4| by_chunk[c4][tt]));
+            for (j, tot) in tot.iter_mut().enumerate() {
+                let row = row0 + j;
+                let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
+                let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);
+                for (tt, c) in codes.iter().enumerate() {
+                    let sub = 8 * h + 2 * tt + cg;
+                    let a0 = aq.add(32 * tt);
+                    let mut isum = _mm256_set1_epi32(*bias.add(2 * tt));
+                    isum = dot2(isum, c[0], a0, c[1], a0.add(4));
+                    isum = dot2(isum, c[2], a0.add(8), c[3], a0.add(12));
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.add(lay.sc + 16 * sub + 8 * half) as *const __m128i));
+                    *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
+                }
+            }
+        }
+        let d = load_f16x8(t.add(lay.d + so));
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let da = _mm256_set1_ps(*a.d.get_unchecked((row0 + j) * (k / 256) + b));
+            *acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(tot[j]), da), *acc);
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}

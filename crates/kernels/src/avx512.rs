@@ -1,0 +1,266 @@
+//! AVX-512 VNNI micro-kernels: one packed 16-row group (one zmm lane per weight row) against up to
+//! `MT_MAX` quantized activation rows, over the whole row length.
+//!
+//! Per block, the weight codes are unpacked once into 64-byte vectors (16 rows x 4 consecutive
+//! elements) and reused for every activation row; each `vpdpbusd` multiplies one such vector (the
+//! unsigned operand) by a broadcast dword of 4 activation codes (signed) and adds the 4 products of
+//! each row into its int32 lane. The int32 block sums start from the activation's `bias`
+//! (-offset * sum), so they equal ggml's integer sums; float work (scales) happens once per block,
+//! in the same order as the scalar kernel, so results are bit-identical to it.
+//! Uses only AVX-512 F/BW/VL/VNNI (never AMX).
+
+use crate::acts::Acts;
+use crate::gemm::{Out, MT_MAX};
+use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
+use core::arch::x86_64::*;
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+const fn format_of(f: u8) -> Format {
+    match f {
+        Q4_0 => Format::Q4_0,
+        Q4_1 => Format::Q4_1,
+        Q5_0 => Format::Q5_0,
+        Q5_1 => Format::Q5_1,
+        _ => Format::Q8_0,
+    }
+}
+
+/// See `scalar::tile`. Safety: the CPU must support the `Isa::Avx512` features; `row0 + mt` must
+/// not exceed the activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+pub unsafe fn tile(w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize, out: &mut Out) {
+    debug_assert!((1..=MT_MAX).contains(&mt) && row0 + mt <= a.m);
+    let p = w.group_ptr(g);
+    let nb = w.blocks();
+    macro_rules! by_mt {
+        ($f:ident $(::<$c:tt>)?) => {
+            match mt {
+                1 => $f::<$($c,)? 1>(p, nb, a, row0, out),
+                2 => $f::<$($c,)? 2>(p, nb, a, row0, out),
+                3 => $f::<$($c,)? 3>(p, nb, a, row0, out),
+                4 => $f::<$($c,)? 4>(p, nb, a, row0, out),
+                5 => $f::<$($c,)? 5>(p, nb, a, row0, out),
+                6 => $f::<$($c,)? 6>(p, nb, a, row0, out),
+                7 => $f::<$($c,)? 7>(p, nb, a, row0, out),
+                _ => $f::<$($c,)? 8>(p, nb, a, row0, out),
+            }
+        };
+    }
+    match w.format() {
+        Format::Q4_0 => by_mt!(q32::<Q4_0>),
+        Format::Q4_1 => by_mt!(q32::<Q4_1>),
+        Format::Q5_0 => by_mt!(q32::<Q5_0>),
+        Format::Q5_1 => by_mt!(q32::<Q5_1>),
+        Format::Q8_0 => by_mt!(q32::<Q8_0>),
+        Format::Q4K => by_mt!(q45k::<false>),
+        Format::Q5K => by_mt!(q45k::<true>),
+        Format::Q6K => {
+            // 16 unpacked code vectors per quarter leave registers for 4 rows at a time.
+            let mut j = 0;
+            while j < mt {
+                let n = (mt - j).min(4);
+                let mut o = [[0f32; 16]; MT_MAX];
+                match n {
+                    1 => q6k::<1>(p, nb, a, row0 + j, &mut o),
+                    2 => q6k::<2>(p, nb, a, row0 + j, &mut o),
+                    3 => q6k::<3>(p, nb, a, row0 + j, &mut o),
+                    _ => q6k::<4>(p, nb, a, row0 + j, &mut o),
+                }
+                out[j..j + n].copy_from_slice(&o[..n]);
+                j += n;
+            }
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn bcast_i32(p: *const i8) -> __m512i {
+    _mm512_set1_epi32((p as *const i32).read_unaligned())
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn load_f16x16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load(p: *const u8) -> __m512i {
+    _mm512_loadu_si512(p as *const _)
+}
+
+/// 32-element formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+    let f = format_of(F);
+    let lay = Tile::of(f);
+    let tb = f.tile_bytes();
+    let has_min = F == Q4_1 || F == Q5_1;
+    let five = F == Q5_0 || F == Q5_1;
+    let k = a.k;
+    let low4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    let mut acc = [_mm512_setzero_ps(); MT];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let dw = load_f16x16(t.add(lay.d));
+        // wv[c]: elements 4c..4c+4 of the 16 rows.
+        let mut wv = [_mm512_setzero_si512(); 8];
+        if F == Q8_0 {
+            for (i, v) in wv.iter_mut().enumerate() {
+                *v = load(t.add(qs_at(f, i)));
+            }
+        } else {
+            for i in 0..4 {
+                let v = load(t.add(qs_at(f, i)));
+                wv[i] = _mm512_and_si512(v, low4);
+                wv[4 + i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low4);
+                if five {
+                    let mask = |v: usize| (t.add(hb_at(f, v)) as *const u64).read_unaligned();
+                    wv[i] = _mm512_mask_add_epi8(wv[i], mask(2 * i), wv[i], sixteen);
+                    wv[4 + i] = _mm512_mask_add_epi8(wv[4 + i], mask(2 * i + 1), wv[4 + i], sixteen);
+                }
+            }
+        }
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let row = row0 + j;
+            let ib = row * (k / 32) + b;
+            let aq = a.qs.as_ptr().add(row * k + 32 * b);
+            let mut s = if has_min { _mm512_setzero_si512() } else { _mm512_set1_epi32(*a.bias.get_unchecked(ib)) };
+            for (c, v) in wv.iter().enumerate() {
+                s = _mm512_dpbusd_epi32(s, *v, bcast_i32(aq.add(4 * c)));
+            }
+            let da = _mm512_set1_ps(*a.d.get_unchecked(ib));
+            *acc = _mm512_fmadd_ps(dw, _mm512_mul_ps(_mm512_cvtepi32_ps(s), da), *acc);
+            if has_min {
+                let mw = load_f16x16(t.add(lay.m));
+                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.s.get_unchecked(ib)), *acc);
+            }
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}
+
+/// Q4_K (FIVE = false) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and minimums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+    let f = if FIVE { Format::Q5K } else { Format::Q4K };
+    let lay = Tile::of(f);
+    let tb = f.tile_bytes();
+    let k = a.k;
+    let low4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    let mut acc = [_mm512_setzero_ps(); MT];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let mut tot = [_mm512_setzero_si512(); MT];
+        for s in 0..8 {
+            // Sub-block s = 2jj + h: nibble h of pieces 8jj..8jj+8.
+            let (jj, h) = (s / 2, s % 2);
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(t.add(lay.sc + 16 * s) as *const __m128i));
+            let mut wv = [_mm512_setzero_si512(); 8];
+            for (c, v) in wv.iter_mut().enumerate() {
+                let i = 8 * jj + c;
+                let raw = load(t.add(qs_at(f, i)));
+                *v = if h == 0 { _mm512_and_si512(raw, low4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4) };
+                if FIVE {
+                    let m = (t.add(hb_at(f, 2 * i + h)) as *const u64).read_unaligned();
+                    *v = _mm512_mask_add_epi8(*v, m, *v, sixteen);
+                }
+            }
+            for (j, tot) in tot.iter_mut().enumerate() {
+                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
+                let mut isum = _mm512_setzero_si512();
+                for (c, v) in wv.iter().enumerate() {
+                    isum = _mm512_dpbusd_epi32(isum, *v, bcast_i32(aq.add(4 * c)));
+                }
+                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(isum, sc));
+            }
+        }
+        let d = load_f16x16(t.add(lay.d));
+        let dmin = load_f16x16(t.add(lay.m));
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let row = row0 + j;
+            // sum over sub-blocks of min * sum(codes), two sub-blocks per vpdpwssd.
+            let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
+            let mut mins = _mm512_setzero_si512();
+            for pair in 0..4 {
+                let mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256(t.add(lay.mn + 32 * pair) as *const __m256i));
+                mins = _mm512_dpwssd_epi32(mins, mn, _mm512_set1_epi32(bs.add(pair).read_unaligned()));
+            }
+            let da = _mm512_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
+            *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
+            *acc = _mm512_fnmadd_ps(dmin, _mm512_mul_ps(_mm512_cvtepi32_ps(mins), da), *acc);
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}
+
+/// Q6_K: 16 sub-blocks of 16 with int8 scales; codes are 4 low bits + 2 high bits, offset 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+    let lay = Tile::of(Format::Q6K);
+    let tb = Format::Q6K.tile_bytes();
+    let k = a.k;
+    let low4 = _mm512_set1_epi8(0x0F);
+    let hi2 = _mm512_set1_epi8(0x30);
+    // (l & 0x0F) | (h & 0x30), h's other bits already cleared.
+    let code = |l: __m512i, h: __m512i| _mm512_ternarylogic_epi32::<0xEC>(l, _mm512_and_si512(h, hi2), low4);
+    let mut acc = [_mm512_setzero_ps(); MT];
+    for b in 0..blocks {
+        let t = w.add(b * tb);
+        let mut tot = [_mm512_setzero_si512(); MT];
+        // Quarter q = 2h + cg covers elements 128h + 32tt + 16cg + (0..16) for tt = 0..3, i.e.
+        // sub-blocks 8h + 2tt + cg; chunk c = 4cg + c4 of half h.
+        for q in 0..4 {
+            let (h, cg) = (q / 2, q % 2);
+            // codes[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 16 rows.
+            let mut codes = [[_mm512_setzero_si512(); 4]; 4];
+            for (c4, cv) in codes.iter_mut().enumerate() {
+                let c = 4 * cg + c4;
+                let hv = load(t.add(q6k_qh_at(8 * h + c)));
+                let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c)));
+                let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c)));
+                // High bits tt sit at bits 2tt..2tt+1 of each qh byte; move them to bits 4..5
+                // (16-bit shifts: bits crossing into the next byte are masked off).
+                cv[0] = code(l0, _mm512_slli_epi16::<4>(hv));
+                cv[1] = code(l1, _mm512_slli_epi16::<2>(hv));
+                cv[2] = code(_mm512_srli_epi16::<4>(l0), hv);
+                cv[3] = code(_mm512_srli_epi16::<4>(l1), _mm512_srli_epi16::<2>(hv));
+            }
+            for (j, tot) in tot.iter_mut().enumerate() {
+                let row = row0 + j;
+                let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
+                let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);
+                for tt in 0..4 {
+                    let sub = 8 * h + 2 * tt + cg;
+                    let mut isum = _mm512_set1_epi32(*bias.add(2 * tt));
+                    for (c4, cv) in codes.iter().enumerate() {
+                        isum = _mm512_dpbusd_epi32(isum, cv[tt], bcast_i32(aq.add(32 * tt + 4 * c4)));
+                    }
+                    let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(t.add(lay.sc + 16 * sub) as *const __m128i));
+                    *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(isum, sc));
+                }
+            }
+        }
+        let d = load_f16x16(t.add(lay.d));
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let da = _mm512_set1_ps(*a.d.get_unchecked((row0 + j) * (k / 256) + b));
+            *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}

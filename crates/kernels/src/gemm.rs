@@ -1,0 +1,94 @@
+//! Quantized matmul driver: y (m x n) = x (m x k, f32) . W^T for a packed weight matrix W (n x k).
+//!
+//! Activations are quantized once per call (acts.rs). m = 1 (decode) is a GEMV; m > 1 (prefill)
+//! is blocked: activation rows are taken in chunks small enough to stay in L2 beside one weight
+//! group, and within a chunk each 16-row weight group is read once and multiplied against the
+//! chunk's rows `MT_MAX` at a time by a micro-kernel (scalar.rs, avx2.rs, avx512.rs). Long
+//! prompts therefore stream the weights once per chunk, not once per token.
+//! Work items (a chunk x a run of weight groups) are shared out over the thread pool.
+//! Not here: the arithmetic itself, float (bf16/f16) weights (float.rs).
+
+use crate::acts::Acts;
+use crate::dispatch::Isa;
+use crate::layout::{PackedMatrix, ROWS};
+use crate::pool::{self, SendPtr};
+use std::cell::RefCell;
+
+/// Most activation rows one micro-kernel call handles.
+pub const MT_MAX: usize = 8;
+/// A micro-kernel's output: [activation row][weight row of the group].
+pub type Out = [[f32; ROWS]; MT_MAX];
+
+/// Bytes of quantized activations a chunk may occupy: about half of a 1 MiB L2, next to the
+/// weight group being multiplied (16 rows x k, ~100 KiB at k = 10496 in Q4_0).
+const CHUNK_BYTES: usize = 512 << 10;
+
+thread_local! {
+    /// Quantized-activation buffers of the calling thread, reused across calls.
+    static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
+}
+
+/// y = x . W^T with x of shape (m, w.k()) and y of shape (m, w.n()), both row-major.
+pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * w.k(), "matmul: x has {} values, expected {m}x{}", x.len(), w.k());
+    assert_eq!(y.len(), m * w.n(), "matmul: y has {} values, expected {m}x{}", y.len(), w.n());
+    assert!(isa.is_supported(), "matmul: the {} path cannot run on this CPU", isa.name());
+    if m == 0 {
+        return;
+    }
+    ACTS.with(|a| {
+        // A re-entrant call on this thread (not expected) gets its own buffers.
+        let mut fresh = Acts::default();
+        let mut guard = a.try_borrow_mut();
+        let acts = match guard.as_mut() {
+            Ok(g) => &mut **g,
+            Err(_) => &mut fresh,
+        };
+        acts.quantize(w.format(), x, m, w.k(), isa);
+        run(isa, w, acts, y);
+    });
+}
+
+fn run(isa: Isa, w: &PackedMatrix, a: &Acts, y: &mut [f32]) {
+    let (m, n, k, groups) = (a.m, w.n(), w.k(), w.groups());
+    let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
+    let chunks = m.div_ceil(mc);
+    // Enough items per chunk that both cores stay busy even if one is interrupted; each still
+    // covers several groups so the per-item overhead stays small.
+    let want = if chunks == 1 { pool::threads() * 8 } else { pool::threads() * 2 };
+    let per_item = groups.div_ceil(want.min(groups));
+    let items_per_chunk = groups.div_ceil(per_item);
+    let y = SendPtr(y.as_mut_ptr());
+    pool::for_each(chunks * items_per_chunk, |item| {
+        let (c, gi) = (item / items_per_chunk, item % items_per_chunk);
+        let (r0, r1) = (c * mc, ((c + 1) * mc).min(m));
+        for g in gi * per_item..((gi + 1) * per_item).min(groups) {
+            let cols = (n - g * ROWS).min(ROWS);
+            let mut r = r0;
+            while r < r1 {
+                let mt = (r1 - r).min(MT_MAX);
+                let mut out = [[0f32; ROWS]; MT_MAX];
+                // SAFETY: `isa` was checked to be supported; rows r..r+mt exist.
+                unsafe { tile(isa, w, g, a, r, mt, &mut out) };
+                for (j, o) in out.iter().enumerate().take(mt) {
+                    // SAFETY: item (c, g) alone writes rows r0..r1, columns 16g..16g+cols.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(o.as_ptr(), y.get().add((r + j) * n + g * ROWS), cols);
+                    }
+                }
+                r += mt;
+            }
+        }
+    });
+}
+
+/// One micro-kernel call on the chosen path.
+unsafe fn tile(isa: Isa, w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize, out: &mut Out) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => crate::avx512::tile(w, g, a, row0, mt, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => crate::avx2::tile(w, g, a, row0, mt, out),
+        _ => crate::scalar::tile(w, g, a, row0, mt, out),
+    }
+}
