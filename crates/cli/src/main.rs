@@ -1,10 +1,12 @@
 //! The `nanbeige` command: argument parsing and dispatch. Each subcommand lives in its own file;
 //! errors from any of them print one `error:` line and exit non-zero.
 
+mod bench;
 mod chat;
 mod inspect;
 mod run;
 mod serve;
+mod synth;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +37,10 @@ enum Cmd {
     Pull(inspect::PullArgs),
     /// OpenAI-compatible HTTP server with continuous batching, streaming, tools and prefix cache.
     Serve(serve::ServeArgs),
+    /// Write a random-weight model of any Llama config (e.g. nanbeige-3b) as HF bf16 or GGUF.
+    Synth(synth::SynthArgs),
+    /// Prefill/decode speed, bandwidth ceiling and peak memory of a model on this machine.
+    Bench(bench::BenchArgs),
 }
 
 /// Which model and how to load it (shared by every subcommand that runs a model).
@@ -145,6 +151,8 @@ fn main() {
         Cmd::Prompt(a) => inspect::prompt(a),
         Cmd::Tokenize(a) => inspect::tokenize(a),
         Cmd::Pull(a) => inspect::pull(a),
+        Cmd::Synth(a) => synth::synth(a),
+        Cmd::Bench(a) => bench::bench(a),
         Cmd::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {

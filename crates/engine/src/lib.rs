@@ -2,10 +2,12 @@
 //! (sampling, stop conditions, thinking budget, prefix reuse). Shared by the CLI, server, agent
 //! and trainer.
 
+pub mod bench;
 pub mod generate;
 pub mod hub;
 pub mod json_constraint;
 pub mod load;
+pub mod machine;
 pub mod prompt;
 pub mod sampler;
 

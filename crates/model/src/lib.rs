@@ -1,9 +1,11 @@
 //! nanbeige-model: Llama-family model code (config, weights, RoPE, the decoder with its KV cache).
 //! Knows tensors, not text: tokenization and chat templates live in nanbeige-text.
 
+pub mod attention;
 pub mod config;
 pub mod llama;
 pub mod rope;
+pub mod synth;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeScaling};

@@ -1,0 +1,214 @@
+//! Synthetic models round-trip through our own loaders: a tiny config written as an HF bf16
+//! directory (single and sharded) and as GGUF (F32, Q4_0, Q8_0, Q4_K_M) loads with the right shapes
+//! and metadata, and the HF and F32-GGUF files of one seed give the same logits — which checks the
+//! llama.cpp q/k permutation against the loader's interleaved RoPE.
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::{Device, Tensor};
+use nanbeige_model::synth::{self, Format, Quant, SynthOptions};
+use nanbeige_model::{load_gguf, open_gguf, Config, Llama, LoadOptions};
+use std::path::{Path, PathBuf};
+
+fn tiny_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 70000000.0,
+        "tie_word_embeddings": false, "vocab_size": 400
+    })
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nanbeige-synth-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(out: &Path, format: Format, quant: Quant, seed: u64, shard_bytes: u64) -> synth::SynthSummary {
+    let opts = SynthOptions {
+        config: tiny_config(),
+        name: "tiny".into(),
+        out: out.to_path_buf(),
+        format,
+        quant,
+        layers: None,
+        seed,
+        shard_bytes,
+        progress: false,
+    };
+    synth::synthesize(&opts).unwrap()
+}
+
+fn no_bar() -> LoadOptions {
+    LoadOptions { progress: false, ..Default::default() }
+}
+
+fn load_hf(dir: &Path) -> Llama {
+    let cfg = Config::from_hf_file(&dir.join("config.json")).unwrap();
+    Llama::load_safetensors(cfg, dir, no_bar()).unwrap()
+}
+
+fn load_gguf_file(path: &Path) -> Llama {
+    let (file, content) = open_gguf(path).unwrap();
+    load_gguf(path, file, content, no_bar()).unwrap()
+}
+
+fn logits(m: &Llama, ids: &[u32]) -> Vec<Vec<f32>> {
+    let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    m.forward(&t, None).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+const IDS: [u32; 12] = [393, 5, 300, 17, 259, 42, 100, 394, 7, 8, 9, 399];
+
+#[test]
+fn hf_and_f32_gguf_of_one_seed_give_the_same_logits() {
+    let d = tmp("same");
+    let hf = d.join("hf");
+    let gguf = d.join("tiny-f32.gguf");
+    write(&hf, Format::Hf, Quant::Bf16, 7, synth::DEFAULT_SHARD_BYTES);
+    write(&gguf, Format::Gguf, Quant::F32, 7, 0);
+    let a = logits(&load_hf(&hf), &IDS);
+    let g = load_gguf_file(&gguf);
+    assert!(g.cfg.rope_interleaved, "a llama GGUF uses the permuted layout");
+    let b = logits(&g, &IDS);
+    let diff = max_diff(&a, &b);
+    assert!(diff < 1e-4, "HF vs GGUF logits differ by {diff}");
+    // The random weights give non-trivial, finite logits.
+    let spread = a[0].iter().fold(f32::MIN, |m, &x| m.max(x)) - a[0].iter().fold(f32::MAX, |m, &x| m.min(x));
+    assert!(spread.is_finite() && spread > 0.1, "{spread}");
+    // Another seed is another model.
+    let other = d.join("other.gguf");
+    write(&other, Format::Gguf, Quant::F32, 8, 0);
+    assert!(max_diff(&b, &logits(&load_gguf_file(&other), &IDS)) > 1e-2);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn hf_directory_has_config_tokenizer_and_shards() {
+    let d = tmp("hf");
+    let single = d.join("single");
+    let s = write(&single, Format::Hf, Quant::Bf16, 1, synth::DEFAULT_SHARD_BYTES);
+    assert!(single.join("model.safetensors").is_file());
+    assert!(!single.join("model.safetensors.index.json").exists());
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(single.join(f).is_file(), "{f}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(single.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["bos_token_id"].as_u64(), cfg["eos_token_id"].as_u64()), (Some(393), Some(394)));
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(single.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tc["bos_token"], "<|im_start|>");
+    assert!(tc["chat_template"].as_str().unwrap().contains("<|im_start|>assistant"));
+    assert_eq!(s.config.num_params(), Config::from_hf_json(&tiny_config()).unwrap().num_params());
+
+    // Shards of at most ~60 KB: several files, an index, and the same model.
+    let sharded = d.join("sharded");
+    write(&sharded, Format::Hf, Quant::Bf16, 1, 60_000);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let shards: std::collections::BTreeSet<&str> =
+        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    assert!(shards.len() > 2, "{shards:?}");
+    assert!(shards.iter().all(|s| s.ends_with(&format!("-of-{:05}.safetensors", shards.len()))));
+    assert_eq!(max_diff(&logits(&load_hf(&single), &IDS), &logits(&load_hf(&sharded), &IDS)), 0.0);
+    // Writing a single-file model over the sharded one leaves no stale index behind.
+    write(&sharded, Format::Hf, Quant::Bf16, 1, synth::DEFAULT_SHARD_BYTES);
+    assert!(!sharded.join("model.safetensors.index.json").exists());
+    let names: Vec<String> =
+        std::fs::read_dir(&sharded).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains("-of-")), "{names:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn gguf_metadata_is_what_llama_cpp_writes() {
+    let d = tmp("meta");
+    let path = d.join("tiny-q4km.gguf");
+    write(&path, Format::Gguf, Quant::Q4KM, 3, 0);
+    let (_, content) = open_gguf(&path).unwrap();
+    let md = &content.metadata;
+    let s = |k: &str| md.get(k).unwrap_or_else(|| panic!("{k}")).to_string().unwrap().clone();
+    let u = |k: &str| md.get(k).unwrap_or_else(|| panic!("{k}")).to_u32().unwrap();
+    assert_eq!(s("general.architecture"), "llama");
+    assert_eq!(s("tokenizer.ggml.model"), "llama");
+    assert_eq!(u("general.file_type"), 15);
+    assert_eq!(u("llama.block_count"), 3);
+    assert_eq!(u("llama.attention.head_count_kv"), 2);
+    assert_eq!(u("llama.rope.dimension_count"), 16);
+    assert_eq!(u("llama.attention.key_length"), 16);
+    assert_eq!(md["llama.rope.freq_base"].to_f32().unwrap(), 7e7);
+    assert_eq!((u("tokenizer.ggml.bos_token_id"), u("tokenizer.ggml.eos_token_id")), (393, 394));
+    assert!(s("tokenizer.chat_template").contains("<tool_call>"));
+    let Value::Array(tokens) = &md["tokenizer.ggml.tokens"] else { panic!() };
+    assert_eq!(tokens.len(), 400);
+    assert_eq!(tokens[3].to_string().unwrap(), "<0x00>");
+    // Tensor types: 64/128-wide rows cannot hold Q4_K/Q6_K blocks, so llama.cpp's fallbacks apply.
+    let ty = |n: &str| format!("{:?}", content.tensor_infos[n].ggml_dtype);
+    assert_eq!(ty("blk.0.attn_q.weight"), "Q5_0");
+    assert_eq!(ty("output.weight"), "Q8_0");
+    assert_eq!(ty("output_norm.weight"), "F32");
+    assert_eq!(content.tensor_infos["token_embd.weight"].shape.dims(), &[400, 64]);
+    // Loads quantized and runs.
+    let m = load_gguf_file(&path);
+    let cfg_hf = Config::from_hf_json(&tiny_config()).unwrap();
+    assert_eq!((m.cfg.hidden_size, m.cfg.num_layers, m.cfg.head_dim, m.cfg.vocab_size), (64, 3, 16, 400));
+    assert_eq!(m.cfg.num_params(), cfg_hf.num_params());
+    assert!(logits(&m, &IDS).iter().flatten().all(|x| x.is_finite()));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn quantized_ggufs_stay_close_to_the_float_model() {
+    let d = tmp("quant");
+    let f32_path = d.join("f32.gguf");
+    write(&f32_path, Format::Gguf, Quant::F32, 5, 0);
+    let reference = logits(&load_gguf_file(&f32_path), &IDS);
+    for (q, tol) in [(Quant::Q8_0, 0.05), (Quant::Q4_0, 0.5), (Quant::Bf16, 1e-4)] {
+        let p = d.join(format!("{}.gguf", q.name()));
+        write(&p, Format::Gguf, q, 5, 0);
+        let diff = max_diff(&reference, &logits(&load_gguf_file(&p), &IDS));
+        assert!(diff < tol, "{}: {diff}", q.name());
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let d = tmp("bad");
+    let mut opts = SynthOptions {
+        config: tiny_config(),
+        name: "tiny".into(),
+        out: d.join("x"),
+        format: Format::Hf,
+        quant: Quant::Q4_0,
+        layers: None,
+        seed: 0,
+        shard_bytes: synth::DEFAULT_SHARD_BYTES,
+        progress: false,
+    };
+    let err = |o: &SynthOptions| synth::synthesize(o).err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(err(&opts).contains("HF directories are written in bf16"), "{}", err(&opts));
+    opts.format = Format::Gguf;
+    assert!(err(&opts).contains("must end in .gguf"), "{}", err(&opts));
+    opts.out = d.join("x.gguf");
+    opts.layers = Some(0);
+    assert!(err(&opts).contains("--layers must be at least 1"));
+    opts.layers = None;
+    opts.config["vocab_size"] = serde_json::json!(50);
+    assert!(err(&opts).contains("too small"), "{}", err(&opts));
+    opts.config["model_type"] = serde_json::json!("gpt2");
+    assert!(err(&opts).contains("unsupported architecture"));
+    assert!(Quant::parse("Q5_K").unwrap_err().to_string().contains("unknown quantization"));
+    assert!(synth::read_config("/no/such/config.json").is_err());
+    let (v, name) = synth::read_config(synth::NANBEIGE_3B).unwrap();
+    assert_eq!((v["vocab_size"].as_u64(), name.as_str()), (Some(166_144), "Nanbeige4.1-3B"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
