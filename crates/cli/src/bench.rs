@@ -185,7 +185,13 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         cpu.features.join(" "),
         cpu.kernel_path
     );
-    println!("memory   read bandwidth {:.1} GB/s with {} threads ({:.1} GB/s with 1; 1 GiB buffer, best of {BANDWIDTH_RUNS}); peak RSS {}", gb(bandwidth), plan.threads, gb(bandwidth_1), peak_rss.map(|b| format!("{:.2} GB", gb(b as f64))).unwrap_or_else(|| "unknown".into()));
+    let rss = peak_rss.map(|b| format!("{:.2} GB", gb(b as f64))).unwrap_or_else(|| "unknown".into());
+    println!(
+        "memory   read bandwidth {:.1} GB/s with {} threads ({:.1} GB/s with 1; 1 GiB buffer, best of {BANDWIDTH_RUNS}); peak RSS {rss}",
+        gb(bandwidth),
+        plan.threads,
+        gb(bandwidth_1)
+    );
     println!("load     {load_seconds:.1} s");
     println!();
     println!("{:<16} {:>12} {:>10} {:>14} {:>11}", "test", "tokens/s", "±", "ceiling t/s", "of ceiling");
