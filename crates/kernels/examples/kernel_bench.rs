@@ -1,7 +1,13 @@
-//! Kernel throughput on the Nanbeige4.1-3B matrix shapes, random weights:
-//! GEMV (decode, m = 1) in GB/s of weights streamed, GEMM (prefill) in GMAC/s.
+//! Kernel throughput on the Nanbeige4.1-3B matrix shapes, random weights: GEMV (decode, m = 1)
+//! in GB/s of weights streamed (cycling through copies larger than the L3 cache), GEMM (prefill)
+//! in GMAC/s, also per CPU-second so that results on a shared machine stay comparable.
 //!
-//!     cargo run --release -p nanbeige-kernels --example kernel_bench [-- FORMAT... [--m M] [--isa ISA]]
+//!     cargo run --release -p nanbeige-kernels --example kernel_bench -- \
+//!         [FORMAT...] [--m 1,512] [--isa scalar|avx2|avx512] [--shape N,K]
+//!     cargo run --release -p nanbeige-kernels --example kernel_bench -- --decode-sim [FORMAT]
+//!
+//! `--decode-sim` times the matmuls of one whole decode step (32 layers + a Q6_K head) back to
+//! back, next to the machine's read bandwidth.
 
 use half::bf16;
 use nanbeige_kernels::{matmul_float_isa, matmul_isa, supported_isas, Format, FloatWeights, Isa, PackedMatrix};

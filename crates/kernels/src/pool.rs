@@ -108,7 +108,7 @@ fn worker(p: &'static Pool) {
             }
             // Read the clock only now and then: it is a (v)syscall, far dearer than a poll.
             polls = polls.wrapping_add(1);
-            if polls % 128 != 0 || start.elapsed() < POLL {
+            if !polls.is_multiple_of(128) || start.elapsed() < POLL {
                 std::hint::spin_loop();
                 continue;
             }
