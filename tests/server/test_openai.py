@@ -348,3 +348,43 @@ def test_json_schema_output_is_enforced(qwen):
         messages=[{"role": "user", "content": "List three colors."}], response_format={"type": "json_object"},
     )
     assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_full_queue_gets_429_and_the_rest_complete():
+    s = Server("--model", "smollm2", "--max-batch", "1", "--max-queue", "1")
+    try:
+        body = json.dumps({"messages": QUESTION, "max_tokens": 60, "ignore_eos": True, "temperature": 0}).encode()
+        with cf.ThreadPoolExecutor(6) as ex:
+            futs = [ex.submit(s.raw, "/v1/chat/completions", body, {"Content-Type": "application/json"}) for _ in range(6)]
+            results = [f.result(timeout=120) for f in futs]
+        statuses = sorted(st for st, _ in results)
+        assert 429 in statuses and 200 in statuses, statuses
+        for st, text in results:
+            if st == 429:
+                err = json.loads(text)["error"]
+                assert err["code"] == "queue_full" and err["type"] == "rate_limit_error"
+            else:
+                assert st == 200
+                assert json.loads(text)["usage"]["completion_tokens"] == 60
+        m = s.metrics()
+        assert m["nanbeige_queue_depth"] == 0 and m["nanbeige_batch_size"] == 0
+    finally:
+        s.stop()
+
+
+def test_request_timeout_ends_a_long_generation():
+    s = Server("--model", "smollm2", "--request-timeout", "1")
+    try:
+        t0 = time.time()
+        r = s.client().chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=4000, temperature=0, extra_body={"ignore_eos": True}
+        )
+        elapsed = time.time() - t0
+        assert elapsed < 15, elapsed
+        assert r.choices[0].finish_reason == "length"
+        assert 0 < r.usage.completion_tokens < 4000
+        # The server keeps serving after a timeout.
+        r = s.client().chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=5, temperature=0)
+        assert r.usage.completion_tokens == 5
+    finally:
+        s.stop()

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Comma-separated context depths to decode at (the cache is filled by chunked prefill first).
     #[arg(long, default_value = "0")]
     pub ctx_depths: String,
+    /// Fill the cache for --ctx-depths with random keys and values instead of a prefill: the same
+    /// decode cost, without hours of prefill for 32K tokens of a 3B model on a small machine.
+    #[arg(long)]
+    pub random_fill: bool,
     /// Repetitions of each test (results are the mean, with the standard deviation).
     #[arg(short = 'r', long, default_value_t = 1)]
     pub reps: usize,
@@ -118,11 +122,11 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
     let mut decodes: Vec<Decode> = vec![];
     for &d in &plan.depths {
         log(format!("bench: decode of {} tokens at depth {d} ...", a.gen));
-        decodes.push(bench::decode(&lm, d, a.gen, a.reps, 43)?);
+        decodes.push(bench::decode(&lm, d, a.gen, a.reps, 43, a.random_fill)?);
     }
     let peak_rss = machine::peak_rss_bytes();
     let cfg = lm.model.cfg.clone();
-    let (path, format, context_len) = (lm.path.clone(), lm.format, lm.context_len);
+    let (path, format, context_len, kv_type) = (lm.path.clone(), lm.format, lm.context_len, lm.model.kv_type);
     drop(lm);
 
     log("bench: measuring memory read bandwidth ...".into());
@@ -131,8 +135,8 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
     let bw = machine::read_bandwidth(BANDWIDTH_BUFFER, &[plan.threads, 1], BANDWIDTH_RUNS);
     let (bandwidth, bandwidth_1) = (bw[0], bw[1]);
     let cpu = machine::cpu_info();
-    // The cache holds K and V in f32 for every layer: what a decode step reads besides weights.
-    let kv_bytes_per_token = (cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 4) as f64;
+    // The cache holds K and V for every layer: what a decode step reads besides weights.
+    let kv_bytes_per_token = (cfg.num_layers * kv_type.bytes_per_token_layer(cfg.num_kv_heads, cfg.head_dim)) as f64;
     let ceiling = |depth: usize| bandwidth / (weights.per_token as f64 + depth as f64 * kv_bytes_per_token);
     let threads = candle_core::utils::get_num_threads();
 
@@ -152,7 +156,7 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
                 "path": path, "format": format!("{format:?}"), "arch": cfg.arch.name(),
                 "params": cfg.num_params(), "quant": weights.label,
                 "weight_bytes_per_token": weights.per_token, "weight_types": weights.by_type,
-                "load_seconds": load_seconds, "context_len": context_len,
+                "load_seconds": load_seconds, "context_len": context_len, "kv_cache": kv_type.name(),
             },
             "machine": {
                 "cpu": cpu.model, "logical_cpus": cpu.logical_cpus, "threads": threads,
@@ -192,7 +196,7 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         plan.threads,
         gb(bandwidth_1)
     );
-    println!("load     {load_seconds:.1} s");
+    println!("load     {load_seconds:.1} s; KV cache {}", kv_type.name());
     println!();
     println!("{:<16} {:>12} {:>10} {:>14} {:>11}", "test", "tokens/s", "±", "ceiling t/s", "of ceiling");
     println!(

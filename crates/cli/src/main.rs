@@ -59,6 +59,10 @@ pub struct ModelArgs {
     /// Context length (prompt + output) to allow; default: the model's, at most 32768.
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// KV cache storage: f32 (exact) or q8 (int8 rows: 4x less memory and faster decode at long
+    /// context, at a small accuracy cost).
+    #[arg(long, default_value = "f32")]
+    pub kv_cache: String,
 }
 
 impl ModelArgs {
@@ -72,6 +76,7 @@ impl ModelArgs {
         let opts = EngineOptions {
             load: LoadOptions { dtype, dequantize: self.dequantize, progress: true },
             context_len: self.ctx,
+            kv_cache: self.kv_cache.parse()?,
         };
         nanbeige_engine::load(&path, &opts)
     }
@@ -142,7 +147,27 @@ impl GenArgs {
     }
 }
 
+/// Process-wide settings that make the CPU paths fast; run before any tensor work.
+fn tune_process() {
+    // candle asks for its thread count on every f32 matmul and, without this variable, re-reads
+    // /proc/cpuinfo each time; rayon reads it once when its pool starts. `bench --threads` and an
+    // explicit RAYON_NUM_THREADS still win.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    // glibc serves large blocks (activations, attention scores: megabytes per op in prefill) with a
+    // fresh mmap that it unmaps on free, so every op page-faults its output in again. Keeping them
+    // on the heap and not trimming it makes prefill ~25% faster; the memory is reused, not leaked.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
+    tune_process();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run::run(a),

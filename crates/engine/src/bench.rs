@@ -108,7 +108,10 @@ pub fn prefill(lm: &LoadedModel, n: usize, reps: usize, seed: u64) -> Result<Pre
 }
 
 /// Decode `n` tokens greedily after filling the cache with `depth` random tokens, `reps` times.
-pub fn decode(lm: &LoadedModel, depth: usize, n: usize, reps: usize, seed: u64) -> Result<Decode> {
+/// Decode `n` tokens after `depth` tokens of context. The context comes from a chunked prefill of
+/// random tokens, or with `random_fill` from random keys and values written straight into the
+/// cache (same decode cost, no prefill time).
+pub fn decode(lm: &LoadedModel, depth: usize, n: usize, reps: usize, seed: u64, random_fill: bool) -> Result<Decode> {
     check_fits(lm, depth + n)?;
     let vocab = lm.model.cfg.vocab_size;
     let fill = random_tokens(depth, vocab, seed);
@@ -117,8 +120,12 @@ pub fn decode(lm: &LoadedModel, depth: usize, n: usize, reps: usize, seed: u64) 
     for r in 0..reps.max(1) {
         let mut cache = lm.model.new_cache(depth + n);
         let t_fill = Instant::now();
-        for chunk in fill.chunks(FILL_CHUNK) {
-            lm.model.forward_last(chunk, &mut cache)?;
+        if random_fill {
+            cache.push_random(depth, lm.model.cfg.num_kv_heads, lm.model.cfg.head_dim)?;
+        } else {
+            for chunk in fill.chunks(FILL_CHUNK) {
+                lm.model.forward_last(chunk, &mut cache)?;
+            }
         }
         fill_secs.push(t_fill.elapsed().as_secs_f64());
         let mut tok = random_tokens(1, vocab, seed ^ (r as u64 + 1))[0];

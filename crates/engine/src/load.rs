@@ -47,11 +47,13 @@ pub struct EngineOptions {
     pub load: LoadOptions,
     /// Cap on the context (tokens); None uses the model's own, at most 32,768 unless asked.
     pub context_len: Option<usize>,
+    /// How KV caches store keys and values (f32 exact, or q8 for long contexts).
+    pub kv_cache: nanbeige_model::KvType,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { load: LoadOptions::default(), context_len: None }
+        Self { load: LoadOptions::default(), context_len: None, kv_cache: Default::default() }
     }
 }
 
@@ -131,6 +133,7 @@ pub fn load(path: &Path, opts: &EngineOptions) -> Result<LoadedModel> {
         None => model_ctx.min(DEFAULT_CONTEXT_CAP),
     };
     model.ensure_positions(context_len)?;
+    model.kv_type = opts.kv_cache;
     Ok(LoadedModel {
         model,
         text,

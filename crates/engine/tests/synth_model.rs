@@ -40,7 +40,11 @@ fn write(cfg: &serde_json::Value, out: &Path, format: Format, quant: Quant) {
 }
 
 fn engine_load(p: &Path) -> LoadedModel {
-    let opts = EngineOptions { load: LoadOptions { progress: false, ..Default::default() }, context_len: None };
+    let opts = EngineOptions {
+        load: LoadOptions { progress: false, ..Default::default() },
+        context_len: None,
+        ..Default::default()
+    };
     load(p, &opts).unwrap()
 }
 

@@ -3,13 +3,15 @@
 
 pub mod attention;
 pub mod config;
+pub mod kv_cache;
 pub mod llama;
 pub mod rope;
 pub mod synth;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeScaling};
-pub use llama::{Cache, Llama};
+pub use kv_cache::{Cache, KvType};
+pub use llama::Llama;
 pub use weights::{LoadOptions, Weight, WeightSource};
 
 use anyhow::{Context, Result};
@@ -36,7 +38,12 @@ pub fn open_gguf(path: &Path) -> Result<(std::fs::File, Arc<gguf_file::Content>)
 }
 
 /// Load a GGUF model: config from metadata, weights quantized (or dequantized per `opts`).
-pub fn load_gguf(path: &Path, file: std::fs::File, content: Arc<gguf_file::Content>, opts: LoadOptions) -> Result<Llama> {
+pub fn load_gguf(
+    path: &Path,
+    file: std::fs::File,
+    content: Arc<gguf_file::Content>,
+    opts: LoadOptions,
+) -> Result<Llama> {
     let cfg = Config::from_gguf(&content)?;
     let mut src = WeightSource::from_gguf(path, file, content, opts)?;
     Llama::load(cfg, &mut src)

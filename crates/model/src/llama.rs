@@ -8,12 +8,13 @@
 //! Not here: sampling, tokenization, batching of sequences at different positions.
 
 use crate::config::Config;
+pub use crate::kv_cache::{Cache, KvType};
 use crate::rope::RopeTables;
 use crate::weights::{LoadOptions, Weight, WeightSource};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
-use nanbeige_kernels::{Format, FloatWeights, PackedMatrix};
+use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
 use std::sync::Arc;
 
 /// Upper bound on cos/sin table length when the config allows a huge context (Nanbeige: 262,144).
@@ -91,13 +92,19 @@ impl Linear {
     /// x: (..., in) f32 -> (..., out) f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Float(w) if matches!(w.dtype(), DType::BF16 | DType::F16) && !w.track_op() && !x.track_op() => {
+            LinearWeight::Float(w)
+                if matches!(w.dtype(), DType::BF16 | DType::F16) && !w.track_op() && !x.track_op() =>
+            {
                 let (n, k) = w.dims2()?;
                 let w = w.contiguous()?;
                 let (ws, wl) = w.storage_and_layout();
                 let weights = match &*ws {
-                    Storage::Cpu(CpuStorage::BF16(v)) => FloatWeights::Bf16(&v[wl.start_offset()..wl.start_offset() + n * k]),
-                    Storage::Cpu(CpuStorage::F16(v)) => FloatWeights::F16(&v[wl.start_offset()..wl.start_offset() + n * k]),
+                    Storage::Cpu(CpuStorage::BF16(v)) => {
+                        FloatWeights::Bf16(&v[wl.start_offset()..wl.start_offset() + n * k])
+                    }
+                    Storage::Cpu(CpuStorage::F16(v)) => {
+                        FloatWeights::F16(&v[wl.start_offset()..wl.start_offset() + n * k])
+                    }
                     _ => bail!("linear: expected half-precision weights on the CPU"),
                 };
                 let y = with_rows(x, |xs, m| {
@@ -189,62 +196,8 @@ pub struct Llama {
     rope: RopeTables,
     /// Use plain tensor ops that candle can differentiate instead of fused kernels.
     pub differentiable: bool,
-}
-
-/// Key/value cache of one sequence: per layer, a buffer (1, kv_heads, capacity, head_dim) that
-/// grows by doubling up to `max_len`.
-pub struct Cache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-    max_len: usize,
-}
-
-impl Cache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-    /// Forget everything after the first `n` positions (prefix reuse).
-    pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
-    }
-
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let s = k.dims()[2];
-        let need = self.len + s;
-        let slot = &mut self.layers[layer];
-        let cap = slot.as_ref().map(|(k, _)| k.dims()[2]).unwrap_or(0);
-        if need > cap {
-            let mut new_cap = cap.max(256);
-            while new_cap < need {
-                new_cap *= 2;
-            }
-            let new_cap = new_cap.min(self.max_len).max(need);
-            let mut shape = k.dims().to_vec();
-            shape[2] = new_cap;
-            let nk = Tensor::zeros(shape.as_slice(), k.dtype(), k.device())?;
-            let nv = Tensor::zeros(shape.as_slice(), v.dtype(), v.device())?;
-            if let Some((ok, ov)) = slot.as_ref() {
-                if self.len > 0 {
-                    nk.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                    nv.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                }
-            }
-            *slot = Some((nk, nv));
-        }
-        let (bk, bv) = slot.as_ref().unwrap();
-        bk.slice_set(&k.contiguous()?, 2, self.len)?;
-        bv.slice_set(&v.contiguous()?, 2, self.len)?;
-        Ok((bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?))
-    }
+    /// How caches made by `new_cache` store keys and values.
+    pub kv_type: KvType,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, differentiable: bool) -> Result<Tensor> {
@@ -318,7 +271,7 @@ impl Llama {
         src.finish();
         let positions = cfg.max_position_embeddings.min(DEFAULT_ROPE_POSITIONS);
         let rope = RopeTables::new(&cfg, positions, &Device::Cpu)?;
-        Ok(Self { cfg, embed, blocks, norm, lm_head, rope, differentiable: false })
+        Ok(Self { cfg, embed, blocks, norm, lm_head, rope, differentiable: false, kv_type: KvType::F32 })
     }
 
     /// Load from an HF directory's safetensors with a config already read.
@@ -338,7 +291,7 @@ impl Llama {
 
     /// A new empty cache for one sequence of at most `max_len` tokens (prompt + generated).
     pub fn new_cache(&self, max_len: usize) -> Cache {
-        Cache { layers: vec![None; self.cfg.num_layers], len: 0, max_len }
+        Cache::new(self.cfg.num_layers, max_len, self.kv_type)
     }
 
     /// Longest sequence this model instance can process (RoPE table length).
@@ -375,11 +328,7 @@ impl Llama {
                 bail!("a cache holds one sequence; got a batch of {b}");
             }
             if start + s > c.max_len {
-                bail!(
-                    "context overflow: {} tokens exceed the context length of {}",
-                    start + s,
-                    c.max_len
-                );
+                bail!("context overflow: {} tokens exceed the context length of {}", start + s, c.max_len);
             }
         }
         if start + s > self.rope.len() {
@@ -469,13 +418,12 @@ impl Llama {
         };
         let (k, v) = match cache {
             Some(c) => {
-                let kv = c.append(layer, &k, &v).context("kv cache")?;
+                c.append(layer, &k, &v).context("kv cache")?;
                 if s == 1 && b == 1 && !self.differentiable {
-                    // Decode step: attend straight from the cache buffers.
-                    let (kb, vb) = c.layers[layer].as_ref().context("kv cache")?;
-                    return crate::attention::decode(&q, kb, vb, c.len + 1, nh, nkv);
+                    // Decode step: attend straight from the cache store.
+                    return c.attend_decode(layer, &q, c.len + 1, nkv);
                 }
-                kv
+                c.read(layer, c.len + s, nkv, hd)?
             }
             None => (k, v.contiguous()?),
         };

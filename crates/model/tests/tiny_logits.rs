@@ -185,7 +185,9 @@ fn load_err(dir: &std::path::Path) -> String {
 #[test]
 fn wrong_tensor_shape_is_a_clear_error() {
     let d = broken_copy("shape", |d| {
-        let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 328", "\"intermediate_size\": 320");
+        let c = std::fs::read_to_string(d.join("config.json"))
+            .unwrap()
+            .replace("\"intermediate_size\": 328", "\"intermediate_size\": 320");
         std::fs::write(d.join("config.json"), c).unwrap();
     });
     let e = load_err(&d);
@@ -201,12 +203,16 @@ fn missing_truncated_or_corrupt_files_are_clear_errors() {
         std::fs::write(d.join("model.safetensors"), &b[..b.len() / 2]).unwrap();
     });
     assert!(load_err(&d).contains("not a valid safetensors file"), "{}", load_err(&d));
-    let d = broken_copy("garbage", |d| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap());
+    let d = broken_copy("garbage", |d| {
+        std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()
+    });
     assert!(load_err(&d).contains("not a valid safetensors file"));
     let d = broken_copy("config", |d| std::fs::write(d.join("config.json"), "{\"model_type\": \"llama\",").unwrap());
     assert!(load_err(&d).contains("parsing"), "{}", load_err(&d));
     let d = broken_copy("arch", |d| {
-        let c = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+        let c = std::fs::read_to_string(d.join("config.json"))
+            .unwrap()
+            .replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
         std::fs::write(d.join("config.json"), c).unwrap();
     });
     assert!(load_err(&d).contains("unsupported architecture `mamba`"));
@@ -234,4 +240,33 @@ fn batched_decode_equals_one_sequence_at_a_time() {
             assert!(d < 1e-4, "sequence {i} step {step}: batch differs by {d}");
         }
     }
+}
+
+#[test]
+fn int8_kv_cache_stays_close_to_the_exact_cache() {
+    let (mut model, reference) = load("nanbeige-tiny");
+    let input = ids(&reference["input_ids"]);
+    let t = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let full = model.forward(&t, None).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let scale = full.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    model.kv_type = nanbeige_model::KvType::Q8;
+    let mut cache = model.new_cache(64);
+    assert_eq!(cache.kind(), nanbeige_model::KvType::Q8);
+    // Chunked prefill reads the int8 cache back dequantized; decode reads it directly.
+    let mut pos = 0;
+    for chunk in [9usize, 1, 14] {
+        model.forward_last(&input[pos..pos + chunk], &mut cache).unwrap();
+        pos += chunk;
+    }
+    // Prefix reuse: drop the last positions and write them again.
+    cache.truncate(pos - 4);
+    pos -= 4;
+    let mut worst = 0f32;
+    while pos < input.len() {
+        let l = model.forward_last(&input[pos..pos + 1], &mut cache).unwrap();
+        worst = worst.max(l.iter().zip(&full[pos]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+        pos += 1;
+    }
+    assert!(worst > 0.0, "an int8 cache cannot be exact");
+    assert!(worst < 0.02 * scale, "int8 cache: logits differ by {worst} (logit scale {scale})");
 }
