@@ -43,6 +43,7 @@ impl LoadedModel {
     }
 }
 
+#[derive(Default)]
 pub struct EngineOptions {
     pub load: LoadOptions,
     /// Cap on the context (tokens); None uses the model's own, at most 32,768 unless asked.
@@ -51,11 +52,6 @@ pub struct EngineOptions {
     pub kv_cache: nanbeige_model::KvType,
 }
 
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self { load: LoadOptions::default(), context_len: None, kv_cache: Default::default() }
-    }
-}
 
 const DEFAULT_CONTEXT_CAP: usize = 32768;
 

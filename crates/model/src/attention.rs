@@ -18,39 +18,6 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 /// tokens across both cores.
 const CHUNK: usize = 512;
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Independent lanes let the compiler vectorize without reassociating a single sum.
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-fn dot_i8(a: &[f32], b: &[i8]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i] as f32;
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * *y as f32;
-    }
-    s
-}
-
 /// Run `f` on the f32 data of a CPU tensor, from its first element on.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -60,11 +27,11 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     }
 }
 
-/// Cached keys or values of one layer, row (kv head `g`, position `i`) at a time.
+/// Cached keys or values of one layer.
 pub(crate) trait Rows: Sync {
-    fn dot(&self, g: usize, i: usize, q: &[f32]) -> f32;
-    /// out += w * row
-    fn add_scaled(&self, g: usize, i: usize, w: f32, out: &mut [f32]);
+    /// Rows `range` of kv head `g` as one row-major (len, hd) f32 block: borrowed in place, or
+    /// dequantized into `buf`.
+    fn block<'b>(&'b self, g: usize, range: Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32];
 }
 
 /// f32 rows laid out (kv head, capacity, head_dim), as the f32 cache tensors are.
@@ -75,15 +42,8 @@ pub(crate) struct F32Rows<'a> {
 }
 
 impl Rows for F32Rows<'_> {
-    fn dot(&self, g: usize, i: usize, q: &[f32]) -> f32 {
-        let o = (g * self.cap + i) * self.hd;
-        dot(q, &self.data[o..o + self.hd])
-    }
-    fn add_scaled(&self, g: usize, i: usize, w: f32, out: &mut [f32]) {
-        let o = (g * self.cap + i) * self.hd;
-        for (x, y) in out.iter_mut().zip(&self.data[o..o + self.hd]) {
-            *x += w * y;
-        }
+    fn block<'b>(&'b self, g: usize, range: Range<usize>, _buf: &'b mut Vec<f32>) -> &'b [f32] {
+        &self.data[(g * self.cap + range.start) * self.hd..(g * self.cap + range.end) * self.hd]
     }
 }
 
@@ -96,16 +56,64 @@ pub(crate) struct Q8Rows<'a> {
 }
 
 impl Rows for Q8Rows<'_> {
-    fn dot(&self, g: usize, i: usize, q: &[f32]) -> f32 {
-        let r = i * self.nkv + g;
-        dot_i8(q, &self.data[r * self.hd..(r + 1) * self.hd]) * self.scale[r]
-    }
-    fn add_scaled(&self, g: usize, i: usize, w: f32, out: &mut [f32]) {
-        let r = i * self.nkv + g;
-        let w = w * self.scale[r];
-        for (x, y) in out.iter_mut().zip(&self.data[r * self.hd..(r + 1) * self.hd]) {
-            *x += w * *y as f32;
+    #[inline(always)]
+    fn block<'b>(&'b self, g: usize, range: Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let hd = self.hd;
+        buf.clear();
+        buf.resize(range.len() * hd, 0.0);
+        for (dst, i) in buf.chunks_exact_mut(hd).zip(range) {
+            let r = i * self.nkv + g;
+            let s = self.scale[r];
+            for (o, q) in dst.iter_mut().zip(&self.data[r * hd..(r + 1) * hd]) {
+                *o = *q as f32 * s;
+            }
         }
+        buf
+    }
+}
+
+/// c (m x n, row-major) = alpha * a (m x k, strides a_rs/a_cs) * b (k x n, strides b_rs/b_cs).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    alpha: f32,
+) {
+    debug_assert!(c.len() >= m * n);
+    debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    debug_assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // Safety: the slices cover every element the strides address (checked above in debug builds
+    // and guaranteed by the callers' shapes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -117,8 +125,152 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-/// The `rep` query heads `q` (rep * hd) that share kv head `g`, over positions `range`: each key
-/// and value row is read once for all of them.
+/// scores[r * n + j] = scale * q_r . k_j
+fn qk(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32], scale: f32) {
+    assert!(q.len() >= rep * hd && kb.len() >= n * hd && scores.len() >= rep * n);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // Safety: AVX-512F is present; the slices hold the asserted sizes.
+        match hd {
+            64 => return unsafe { qk_avx512::<4>(rep, n, scores, q, kb, scale) },
+            128 => return unsafe { qk_avx512::<8>(rep, n, scores, q, kb, scale) },
+            _ => {}
+        }
+    }
+    matmul(rep, n, hd, scores, q, hd, 1, kb, 1, hd, scale);
+}
+
+/// acc[r * hd + d] += sum_j p[r * n + j] * v_j[d]
+fn pv(rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
+    assert!(acc.len() >= rep * hd && p.len() >= rep * n && vb.len() >= n * hd);
+    #[cfg(target_arch = "x86_64")]
+    if hd % 64 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+        let mut r0 = 0;
+        while r0 < rep {
+            let rg = (rep - r0).min(4);
+            for d0 in (0..hd).step_by(64) {
+                // Safety: AVX-512F is present; rows r0..r0+rg and columns d0..d0+64 are in bounds.
+                unsafe {
+                    match rg {
+                        1 => pv_avx512::<1>(r0, d0, hd, n, acc, p, vb),
+                        2 => pv_avx512::<2>(r0, d0, hd, n, acc, p, vb),
+                        3 => pv_avx512::<3>(r0, d0, hd, n, acc, p, vb),
+                        _ => pv_avx512::<4>(r0, d0, hd, n, acc, p, vb),
+                    }
+                }
+            }
+            r0 += rg;
+        }
+        return;
+    }
+    let mut out = vec![0f32; rep * hd];
+    matmul(rep, hd, n, &mut out, p, n, 1, vb, hd, 1, 1.0);
+    acc.iter_mut().zip(out).for_each(|(a, o)| *a += o);
+}
+
+/// Each key row (C vectors of 16) stays in registers while every query head of the group takes
+/// its dot product with it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_avx512<const C: usize>(rep: usize, n: usize, scores: &mut [f32], q: &[f32], kb: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let hd = 16 * C;
+    for j in 0..n {
+        let kp = kb.as_ptr().add(j * hd);
+        let mut k = [_mm512_setzero_ps(); C];
+        for (x, kx) in k.iter_mut().enumerate() {
+            *kx = _mm512_loadu_ps(kp.add(16 * x));
+        }
+        for r in 0..rep {
+            let qp = q.as_ptr().add(r * hd);
+            let mut a = _mm512_mul_ps(_mm512_loadu_ps(qp), k[0]);
+            for (x, kx) in k.iter().enumerate().skip(1) {
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(16 * x)), *kx, a);
+            }
+            *scores.get_unchecked_mut(r * n + j) = _mm512_reduce_add_ps(a) * scale;
+        }
+    }
+}
+
+/// Rows r0..r0+RG, columns d0..d0+64 of acc: 4 x RG accumulators stay in registers over all n
+/// value rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_avx512<const RG: usize>(
+    r0: usize,
+    d0: usize,
+    hd: usize,
+    n: usize,
+    acc: &mut [f32],
+    p: &[f32],
+    vb: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm512_setzero_ps(); 4]; RG];
+    for j in 0..n {
+        let vp = vb.as_ptr().add(j * hd + d0);
+        let v = [
+            _mm512_loadu_ps(vp),
+            _mm512_loadu_ps(vp.add(16)),
+            _mm512_loadu_ps(vp.add(32)),
+            _mm512_loadu_ps(vp.add(48)),
+        ];
+        for (r, ar) in a.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(*p.get_unchecked((r0 + r) * n + j));
+            for x in 0..4 {
+                ar[x] = _mm512_fmadd_ps(w, v[x], ar[x]);
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        let op = acc.as_mut_ptr().add((r0 + r) * hd + d0);
+        for (x, ax) in ar.iter().enumerate() {
+            _mm512_storeu_ps(op.add(16 * x), _mm512_add_ps(_mm512_loadu_ps(op.add(16 * x)), *ax));
+        }
+    }
+}
+
+/// The `rep` query heads `q` (rep * hd) that share kv head `g`, over positions `range`: two small
+/// matrix products (scores = Q K^T, then P V), so each key and value row is read once for all of
+/// them.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn chunk_body<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    range: Range<usize>,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Partial {
+    let n = range.len();
+    let mut buf = Vec::new();
+    let mut scores = vec![0f32; rep * n];
+    let kb = k.block(g, range.clone(), &mut buf);
+    // scores (rep x n) = scale * Q (rep x hd) . K^T (hd x n)
+    qk(rep, n, hd, &mut scores, q, kb, scale);
+    let mut p = Partial { max: vec![f32::NEG_INFINITY; rep], sum: vec![0.0; rep], acc: vec![0.0; rep * hd] };
+    for r in 0..rep {
+        let s = &mut scores[r * n..(r + 1) * n];
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = exp_nonpositive(*x - m);
+            sum += *x;
+        }
+        p.max[r] = m;
+        p.sum[r] = sum;
+    }
+    let vb = v.block(g, range, &mut buf);
+    // acc (rep x hd) = P (rep x n) . V (n x hd)
+    pv(rep, hd, n, &mut p.acc, &scores, vb);
+    p
+}
+
+/// `chunk_body` compiled for the widest vector ISA the CPU has (the crate itself is built for
+/// baseline x86-64, where these loops would run 4 floats wide).
 #[allow(clippy::too_many_arguments)]
 fn chunk<R: Rows>(
     q: &[f32],
@@ -130,31 +282,66 @@ fn chunk<R: Rows>(
     hd: usize,
     scale: f32,
 ) -> Partial {
-    let n = range.len();
-    let mut scores = vec![0f32; rep * n];
-    for (j, i) in range.clone().enumerate() {
-        for r in 0..rep {
-            scores[r * n + j] = k.dot(g, i, &q[r * hd..(r + 1) * hd]) * scale;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Safety: the CPU has AVX-512F (checked just above).
+            return unsafe { chunk_avx512(q, k, v, g, range, rep, hd, scale) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // Safety: the CPU has AVX2 and FMA.
+            return unsafe { chunk_avx2(q, k, v, g, range, rep, hd, scale) };
         }
     }
-    let mut p = Partial { max: vec![f32::NEG_INFINITY; rep], sum: vec![0.0; rep], acc: vec![0.0; rep * hd] };
-    for r in 0..rep {
-        let s = &mut scores[r * n..(r + 1) * n];
-        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - m).exp();
-            sum += *x;
-        }
-        p.max[r] = m;
-        p.sum[r] = sum;
-    }
-    for (j, i) in range.enumerate() {
-        for r in 0..rep {
-            v.add_scaled(g, i, scores[r * n + j], &mut p.acc[r * hd..(r + 1) * hd]);
-        }
-    }
-    p
+    chunk_body(q, k, v, g, range, rep, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_avx512<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    range: Range<usize>,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Partial {
+    chunk_body(q, k, v, g, range, rep, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_avx2<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    range: Range<usize>,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Partial {
+    chunk_body(q, k, v, g, range, rep, hd, scale)
+}
+
+/// e^x for x <= 0 (scores minus their maximum) in plain arithmetic that vectorizes: x = n ln2 + r,
+/// e^r by its Taylor series to r^7 (|r| <= ln2/2: relative error below 1e-7), 2^n from the
+/// exponent bits. libm's expf is a call per element, which dominated attention at long context.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // ln 2 in two parts (Cephes): n * 0.693359375 is exact for the n that occur.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
 /// Attention of one query token (`q`: nh * hd, roped) over the first `t` cached positions.
@@ -237,10 +424,28 @@ mod tests {
     }
 
     #[test]
+    fn fast_exp_is_accurate() {
+        let mut x = 0f32;
+        while x > -100.0 {
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 5e-7 * want + 1e-37, "exp({x}) = {got}, want {want}");
+            x -= 0.0137;
+        }
+        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
     fn chunked_grouped_decode_matches_plain_softmax() {
         // Odd sizes, several chunks (t > 2 * CHUNK), grouped heads, both the serial and parallel paths.
         let mut seed = 7;
-        for &(t, nh, nkv, hd) in &[(5usize, 3usize, 1usize, 7usize), (1300, 6, 2, 20), (2 * CHUNK, 4, 4, 33)] {
+        for &(t, nh, nkv, hd) in &[
+            (5usize, 3usize, 1usize, 7usize),
+            (1300, 6, 2, 20),
+            (2 * CHUNK, 4, 4, 33),
+            (1300, 10, 2, 64),
+            (600, 5, 1, 128),
+            (9, 7, 1, 64),
+        ] {
             let (q, k, v) = (rand(nh * hd, &mut seed), rand(nkv * t * hd, &mut seed), rand(nkv * t * hd, &mut seed));
             let want = naive(&q, &k, &v, t, nh, nkv, hd);
             let got = decode(&q, &F32Rows { data: &k, cap: t, hd }, &F32Rows { data: &v, cap: t, hd }, t, nh, nkv, hd);
@@ -250,29 +455,83 @@ mod tests {
 
     #[test]
     fn int8_rows_decode_matches_their_dequantized_values() {
-        let (t, nh, nkv, hd) = (700usize, 4usize, 2usize, 24usize);
-        let mut seed = 11;
-        let q = rand(nh * hd, &mut seed);
-        let mut rows = |seed: &mut u64| {
-            let data: Vec<i8> = rand(t * nkv * hd, seed).iter().map(|x| (x * 60.0) as i8).collect();
-            let scale = rand(t * nkv, seed).iter().map(|x| x.abs() / 50.0 + 0.001).collect::<Vec<f32>>();
-            // The same values as f32 rows in (kv head, position, hd) layout.
-            let mut f = vec![0f32; nkv * t * hd];
-            for i in 0..t {
-                for g in 0..nkv {
-                    for j in 0..hd {
-                        f[(g * t + i) * hd + j] = data[(i * nkv + g) * hd + j] as f32 * scale[i * nkv + g];
+        for (t, nh, nkv, hd) in [(700usize, 4usize, 2usize, 24usize), (700, 14, 2, 64)] {
+            let mut seed = 11;
+            let q = rand(nh * hd, &mut seed);
+            let rows = |seed: &mut u64| {
+                let data: Vec<i8> = rand(t * nkv * hd, seed).iter().map(|x| (x * 60.0) as i8).collect();
+                let scale = rand(t * nkv, seed).iter().map(|x| x.abs() / 50.0 + 0.001).collect::<Vec<f32>>();
+                // The same values as f32 rows in (kv head, position, hd) layout.
+                let mut f = vec![0f32; nkv * t * hd];
+                for i in 0..t {
+                    for g in 0..nkv {
+                        for j in 0..hd {
+                            f[(g * t + i) * hd + j] = data[(i * nkv + g) * hd + j] as f32 * scale[i * nkv + g];
+                        }
                     }
                 }
+                (data, scale, f)
+            };
+            let (kd, ks, kf) = rows(&mut seed);
+            let (vd, vs, vf) = rows(&mut seed);
+            let want = naive(&q, &kf, &vf, t, nh, nkv, hd);
+            let k = Q8Rows { data: &kd, scale: &ks, nkv, hd };
+            let v = Q8Rows { data: &vd, scale: &vs, nkv, hd };
+            let got = decode(&q, &k, &v, t, nh, nkv, hd);
+            assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    fn cpu_seconds() -> f64 {
+        let mut u: libc_rusage = unsafe { std::mem::zeroed() };
+        unsafe { getrusage(0, &mut u) };
+        (u.utime[0] + u.stime[0]) as f64 + (u.utime[1] + u.stime[1]) as f64 * 1e-6
+    }
+    #[repr(C)]
+    struct libc_rusage {
+        utime: [i64; 2],
+        stime: [i64; 2],
+        rest: [i64; 14],
+    }
+    extern "C" {
+        fn getrusage(who: i32, usage: *mut libc_rusage) -> i32;
+    }
+
+    /// cargo test --release -p nanbeige-model --lib speed -- --ignored --nocapture
+    #[test]
+    #[ignore]
+    fn decode_attention_throughput() {
+        let t: usize = std::env::var("ATTN_T").ok().and_then(|v| v.parse().ok()).unwrap_or(32000);
+        let (nh, nkv, hd) = (14usize, 2usize, 64usize);
+        let q = vec![0.01f32; nh * hd];
+        let k: Vec<f32> = (0..nkv * t * hd).map(|i| ((i % 97) as f32 - 48.0) / 100.0).collect();
+        let kq: Vec<i8> = k.iter().map(|x| (x * 100.0) as i8).collect();
+        let sc = vec![0.01f32; nkv * t];
+        for name in ["f32", "q8"] {
+            let (c0, w0) = (cpu_seconds(), std::time::Instant::now());
+            let reps = 20;
+            for _ in 0..reps {
+                let out = if name == "f32" {
+                    let r = F32Rows { data: &k, cap: t, hd };
+                    decode(&q, &r, &r, t, nh, nkv, hd)
+                } else {
+                    let r = Q8Rows { data: &kq, scale: &sc, nkv, hd };
+                    decode(&q, &r, &r, t, nh, nkv, hd)
+                };
+                std::hint::black_box(out);
             }
-            (data, scale, f)
-        };
-        let (kd, ks, kf) = rows(&mut seed);
-        let (vd, vs, vf) = rows(&mut seed);
-        let want = naive(&q, &kf, &vf, t, nh, nkv, hd);
-        let k = Q8Rows { data: &kd, scale: &ks, nkv, hd };
-        let v = Q8Rows { data: &vd, scale: &vs, nkv, hd };
-        let got = decode(&q, &k, &v, t, nh, nkv, hd);
-        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+            let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+            let fma = (reps * nh * t * hd * 2) as f64;
+            println!(
+                "{name}: {:.2} ms/call wall, {:.2} GFMA per CPU-second",
+                wall * 1e3 / reps as f64,
+                fma / cpu / 1e9
+            );
+        }
     }
 }
