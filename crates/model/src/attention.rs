@@ -144,7 +144,7 @@ fn qk(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32]
 fn pv(rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
     assert!(acc.len() >= rep * hd && p.len() >= rep * n && vb.len() >= n * hd);
     #[cfg(target_arch = "x86_64")]
-    if hd % 64 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+    if hd.is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f") {
         let mut r0 = 0;
         while r0 < rep {
             let rg = (rep - r0).min(4);
