@@ -208,24 +208,61 @@ impl Cache {
         }
     }
 
-    /// Single-query attention of `q` (1, nh, 1, hd) over the first `t` cached positions of
-    /// `layer`, straight from the store. Returns (1, 1, nh * hd).
-    pub(crate) fn attend_decode(&self, layer: usize, q: &Tensor, t: usize, nkv: usize) -> Result<Tensor> {
-        let (_, nh, _, hd) = q.dims4()?;
-        let q = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let out = match &self.layers[layer] {
+    /// Store one position's keys and values (`nkv * hd` values each, heads after each other) at
+    /// `len` of `layer`: the batched decode path, which works on plain slices.
+    pub(crate) fn append_row(&mut self, layer: usize, k: &[f32], v: &[f32], nkv: usize, hd: usize) -> Result<()> {
+        match self.kind {
+            KvType::F32 => {
+                let k = Tensor::from_slice(&k[..nkv * hd], (1, nkv, 1, hd), &Device::Cpu)?;
+                let v = Tensor::from_slice(&v[..nkv * hd], (1, nkv, 1, hd), &Device::Cpu)?;
+                self.append(layer, &k, &v)
+            }
+            KvType::Q8 => {
+                let slot = self.layers[layer]
+                    .get_or_insert_with(|| LayerKv::Q8 { k: Q8Store::default(), v: Q8Store::default() });
+                let LayerKv::Q8 { k: sk, v: sv } = slot else { bail!("kv cache: mixed storage") };
+                for (store, x) in [(sk, k), (sv, v)] {
+                    store.truncate_rows(self.len * nkv, hd);
+                    for row in x[..nkv * hd].chunks_exact(hd) {
+                        store.push_row(row);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `attend_decode` on plain slices: `q` is nh * hd roped values; returns nh * hd.
+    pub(crate) fn attend_decode_row(
+        &self,
+        layer: usize,
+        q: &[f32],
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<Vec<f32>> {
+        Ok(match &self.layers[layer] {
             Some(LayerKv::F32 { k, v }) => {
                 let cap = k.dims()[2];
                 attention::with_f32(k, |kd| {
                     attention::with_f32(v, |vd| {
                         let (kr, vr) = (F32Rows { data: kd, cap, hd }, F32Rows { data: vd, cap, hd });
-                        attention::decode(&q, &kr, &vr, t, nh, nkv, hd)
+                        attention::decode(q, &kr, &vr, t, nh, nkv, hd)
                     })
                 })??
             }
-            Some(LayerKv::Q8 { k, v }) => attention::decode(&q, &k.rows(nkv, hd), &v.rows(nkv, hd), t, nh, nkv, hd),
+            Some(LayerKv::Q8 { k, v }) => attention::decode(q, &k.rows(nkv, hd), &v.rows(nkv, hd), t, nh, nkv, hd),
             None => bail!("kv cache: layer {layer} is empty"),
-        };
+        })
+    }
+
+    /// Single-query attention of `q` (1, nh, 1, hd) over the first `t` cached positions of
+    /// `layer`, straight from the store. Returns (1, 1, nh * hd).
+    pub(crate) fn attend_decode(&self, layer: usize, q: &Tensor, t: usize, nkv: usize) -> Result<Tensor> {
+        let (_, nh, _, hd) = q.dims4()?;
+        let q = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = self.attend_decode_row(layer, &q, t, nh, nkv, hd)?;
         Ok(Tensor::from_vec(out, (1, 1, nh * hd), &Device::Cpu)?)
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Upper bound on cos/sin table length when the config allows a huge context (Nanbeige: 262,144).
@@ -469,15 +470,42 @@ impl Llama {
             let q = a.q.forward(&h)?;
             let k = a.k.forward(&h)?;
             let v = a.v.forward(&h)?;
-            let mut outs = Vec::with_capacity(b);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let qi = q.narrow(0, i, 1)?.reshape((1, 1, nh, hd))?.transpose(1, 2)?;
-                let ki = k.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
-                let vi = v.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
-                let start = cache.len;
-                outs.push(self.attend(l, qi, ki, vi, start, Some(&mut **cache), None)?);
-            }
-            let o = Tensor::cat(&outs, 0)?;
+            let o = if self.differentiable {
+                let mut outs = Vec::with_capacity(b);
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let qi = q.narrow(0, i, 1)?.reshape((1, 1, nh, hd))?.transpose(1, 2)?;
+                    let ki = k.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
+                    let vi = v.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
+                    let start = cache.len;
+                    outs.push(self.attend(l, qi, ki, vi, start, Some(&mut **cache), None)?);
+                }
+                Tensor::cat(&outs, 0)?
+            } else {
+                // Per-sequence work on plain slices: tensor ops per sequence and layer (narrow,
+                // reshape, rope, ...) cost more than the attention itself for small models.
+                let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
+                let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
+                let vv = v.flatten_all()?.to_vec1::<f32>()?;
+                let (qs, ks) = (nh * hd, nkv * hd);
+                let rope = &self.rope;
+                let interleaved = cfg.rope_interleaved;
+                let outs: Vec<Result<Vec<f32>>> = caches
+                    .par_iter_mut()
+                    .zip(qv.par_chunks_mut(qs).zip(kv.par_chunks_mut(ks)).zip(vv.par_chunks(ks)))
+                    .map(|(c, ((qi, ki), vi))| {
+                        let pos = c.len;
+                        rope.rotate_row(qi, nh, hd, pos, interleaved)?;
+                        rope.rotate_row(ki, nkv, hd, pos, interleaved)?;
+                        c.append_row(l, ki, vi, nkv, hd)?;
+                        c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd)
+                    })
+                    .collect();
+                let mut flat = Vec::with_capacity(b * qs);
+                for o in outs {
+                    flat.extend(o?);
+                }
+                Tensor::from_vec(flat, (b, 1, qs), &Device::Cpu)?
+            };
             x = (x + a.o.forward(&o)?)?;
             let h = rms_norm(&x, &block.ffn_norm, cfg.rms_norm_eps, self.differentiable)?;
             let m = &block.mlp;

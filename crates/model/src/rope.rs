@@ -5,7 +5,7 @@
 //! only slices them. The rotation itself is candle-nn's fused rope kernels.
 
 use crate::config::{Config, RopeScaling};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use std::f64::consts::PI;
 
 /// Inverse frequencies (one per rotated pair) and the attention factor yarn multiplies cos/sin by.
@@ -122,6 +122,31 @@ impl RopeTables {
         } else {
             candle_nn::rotary_emb::rope(&x, &cos, &sin)
         }
+    }
+
+    /// Rotate, in place, one token's `heads` vectors of `hd` values (heads after each other) for
+    /// position `pos`: the batched decode path works on plain slices, not tensors.
+    pub fn rotate_row(&self, x: &mut [f32], heads: usize, hd: usize, pos: usize, interleaved: bool) -> Result<()> {
+        let half = hd / 2;
+        if pos >= self.len() || x.len() < heads * hd || self.cos.dims()[1] != half {
+            candle_core::bail!("rope: position {pos} or shape out of range");
+        }
+        let (cs, cl) = self.cos.storage_and_layout();
+        let (ss, sl) = self.sin.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(c)), Storage::Cpu(CpuStorage::F32(s))) = (&*cs, &*ss) else {
+            candle_core::bail!("rope: tables must be f32 on the CPU");
+        };
+        let cos = &c[cl.start_offset() + pos * half..cl.start_offset() + (pos + 1) * half];
+        let sin = &s[sl.start_offset() + pos * half..sl.start_offset() + (pos + 1) * half];
+        for h in x.chunks_exact_mut(hd).take(heads) {
+            for i in 0..half {
+                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (x1, x2) = (h[a], h[b]);
+                h[a] = x1 * cos[i] - x2 * sin[i];
+                h[b] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+        Ok(())
     }
 
     /// Differentiable rotation with plain tensor ops, for training (the fused kernels have no backward).

@@ -220,7 +220,14 @@ fn missing_truncated_or_corrupt_files_are_clear_errors() {
 
 #[test]
 fn batched_decode_equals_one_sequence_at_a_time() {
-    let (model, reference) = load("qwen2-tiny");
+    for kv in [nanbeige_model::KvType::F32, nanbeige_model::KvType::Q8] {
+        batched_decode_matches(kv);
+    }
+}
+
+fn batched_decode_matches(kv: nanbeige_model::KvType) {
+    let (mut model, reference) = load("qwen2-tiny");
+    model.kv_type = kv;
     let input = ids(&reference["input_ids"]);
     // Three sequences at different depths, decoded together for a few steps.
     let lens = [5usize, 17, 40];
@@ -237,7 +244,7 @@ fn batched_decode_equals_one_sequence_at_a_time() {
         for i in 0..lens.len() {
             let one = model.forward_last(&[toks[i]], &mut solo[i]).unwrap();
             let d = one.iter().zip(&batch[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(d < 1e-4, "sequence {i} step {step}: batch differs by {d}");
+            assert!(d < 1e-4, "{kv:?} sequence {i} step {step}: batch differs by {d}");
         }
     }
 }
