@@ -254,12 +254,8 @@ fn chunk_body<R: Rows>(
     let mut p = Partial { max: vec![f32::NEG_INFINITY; rep], sum: vec![0.0; rep], acc: vec![0.0; rep * hd] };
     for r in 0..rep {
         let s = &mut scores[r * n..(r + 1) * n];
-        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = exp_nonpositive(*x - m);
-            sum += *x;
-        }
+        let m = max_of(s, f32::NEG_INFINITY);
+        let sum = exp_shifted_sum(s, m);
         p.max[r] = m;
         p.sum[r] = sum;
     }
@@ -328,13 +324,47 @@ unsafe fn chunk_avx2<R: Rows>(
     chunk_body(q, k, v, g, range, rep, hd, scale)
 }
 
+/// max(init, max of x), 16 independent lanes so it vectorizes (a plain fold is a serial chain).
+#[inline(always)]
+fn max_of(x: &[f32], init: f32) -> f32 {
+    let mut lanes = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    rest.iter().chain(lanes.iter()).copied().fold(init, f32::max)
+}
+
+/// x <- e^(x - m) in place; returns the sum. Two loops: a running float sum in the same loop
+/// would keep the exponentials from vectorizing.
+#[inline(always)]
+fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
+    for v in x.iter_mut() {
+        *v = exp_nonpositive(*v - m);
+    }
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            lanes[i] += c[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
 /// e^x for x <= 0 (scores minus their maximum) in plain arithmetic that vectorizes: x = n ln2 + r,
 /// e^r by its Taylor series to r^7 (|r| <= ln2/2: relative error below 1e-7), 2^n from the
 /// exponent bits. libm's expf is a call per element, which dominated attention at long context.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // Round to nearest by the 1.5 * 2^23 trick: floor() is a libm call without SSE4.1.
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     // ln 2 in two parts (Cephes): n * 0.693359375 is exact for the n that occur.
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.0
@@ -380,6 +410,159 @@ pub(crate) fn decode<R: Rows>(q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv:
         }
     }
     out
+}
+
+/// Query rows per prefill work item (times the query heads of one kv head).
+const PREFILL_ROWS: usize = 16;
+/// Key positions per step of a prefill work item.
+const PREFILL_KEYS: usize = 256;
+
+/// Causal attention of `s` new query tokens at positions `start..start + s` over keys and values
+/// `0..start + s`, flash-attention style: per kv head and block of query rows, keys are visited in
+/// chunks with a running softmax, so no (s x t) score matrix is ever built, key chunks entirely in
+/// the future are skipped, and masked scores are never computed into the sums. `q` is (nh, s, hd)
+/// roped; returns (s, nh * hd).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prefill<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    s: usize,
+    start: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let rep = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let blocks = s.div_ceil(PREFILL_ROWS);
+    let items: Vec<(usize, usize)> = (0..nkv).flat_map(|g| (0..blocks).map(move |b| (g, b))).collect();
+    let work = |&(g, b): &(usize, usize)| {
+        let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
+        (g, i0, prefill_block_dispatch(q, k, v, g, i0..i1, s, start, rep, hd, scale))
+    };
+    let parts: Vec<(usize, usize, Vec<f32>)> = items.par_iter().map(work).collect();
+    let mut out = vec![0f32; s * nh * hd];
+    for (g, i0, acc) in parts {
+        let rows = acc.len() / (rep * hd);
+        for r in 0..rep {
+            let h = g * rep + r;
+            for i in 0..rows {
+                let src = &acc[(r * rows + i) * hd..(r * rows + i + 1) * hd];
+                out[((i0 + i) * nh + h) * hd..((i0 + i) * nh + h + 1) * hd].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// `prefill_block` compiled for AVX-512 when the CPU has it (the mask, softmax and rescaling
+/// loops then run 16 wide).
+#[allow(clippy::too_many_arguments)]
+fn prefill_block_dispatch<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    rows: Range<usize>,
+    s: usize,
+    start: usize,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // Safety: the CPU has AVX-512F.
+        return unsafe { prefill_block_avx512(q, k, v, g, rows, s, start, rep, hd, scale) };
+    }
+    prefill_block(q, k, v, g, rows, s, start, rep, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn prefill_block_avx512<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    rows: Range<usize>,
+    s: usize,
+    start: usize,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    prefill_block(q, k, v, g, rows, s, start, rep, hd, scale)
+}
+
+/// One work item of `prefill`: query rows `rows` of the `rep` heads sharing kv head `g`. Returns
+/// their outputs, (rep, rows, hd).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn prefill_block<R: Rows>(
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    rows: Range<usize>,
+    s: usize,
+    start: usize,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let nr = rows.len();
+    let m_rows = rep * nr;
+    // Query row (r, i) at index r * nr + i.
+    let mut qb = Vec::with_capacity(m_rows * hd);
+    for r in 0..rep {
+        let h = g * rep + r;
+        qb.extend_from_slice(&q[(h * s + rows.start) * hd..(h * s + rows.end) * hd]);
+    }
+    let mut max = vec![f32::NEG_INFINITY; m_rows];
+    let mut sum = vec![0f32; m_rows];
+    let mut acc = vec![0f32; m_rows * hd];
+    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+    let mut scores = vec![0f32; m_rows * PREFILL_KEYS];
+    let keys = start + rows.end;
+    let mut c0 = 0;
+    while c0 < keys {
+        let c1 = (c0 + PREFILL_KEYS).min(keys);
+        let n = c1 - c0;
+        let kb = k.block(g, c0..c1, &mut kbuf);
+        matmul(m_rows, n, hd, &mut scores[..m_rows * n], &qb, hd, 1, kb, 1, hd, scale);
+        for r in 0..rep {
+            for i in 0..nr {
+                let row = r * nr + i;
+                // Keys up to the query's own position are visible.
+                let visible = (start + rows.start + i + 1).saturating_sub(c0).min(n);
+                let sc = &mut scores[row * n..(row + 1) * n];
+                if visible == 0 {
+                    sc.iter_mut().for_each(|x| *x = 0.0);
+                    continue;
+                }
+                let m_new = max_of(&sc[..visible], max[row]);
+                let correction = exp_nonpositive(max[row] - m_new);
+                let total = exp_shifted_sum(&mut sc[..visible], m_new);
+                sc[visible..].iter_mut().for_each(|x| *x = 0.0);
+                sum[row] = sum[row] * correction + total;
+                max[row] = m_new;
+                if correction != 1.0 {
+                    acc[row * hd..(row + 1) * hd].iter_mut().for_each(|a| *a *= correction);
+                }
+            }
+        }
+        let vb = v.block(g, c0..c1, &mut vbuf);
+        pv(m_rows, hd, n, &mut acc, &scores[..m_rows * n], vb);
+        c0 = c1;
+    }
+    for (row, a) in acc.chunks_exact_mut(hd).enumerate() {
+        let inv = 1.0 / sum[row];
+        a.iter_mut().for_each(|x| *x *= inv);
+    }
+    acc
 }
 
 #[cfg(test)]
@@ -450,6 +633,30 @@ mod tests {
             let want = naive(&q, &k, &v, t, nh, nkv, hd);
             let got = decode(&q, &F32Rows { data: &k, cap: t, hd }, &F32Rows { data: &v, cap: t, hd }, t, nh, nkv, hd);
             assert!(max_diff(&got, &want) < 1e-5, "t={t}: {}", max_diff(&got, &want));
+        }
+    }
+
+    #[test]
+    fn flash_prefill_matches_masked_softmax() {
+        // New queries at positions start..start+s over all keys 0..start+s, for odd sizes, the
+        // AVX-512 head sizes and several key chunks; each query row must equal plain decode
+        // attention over its visible prefix.
+        let mut seed = 3;
+        for &(s, start, nh, nkv, hd) in
+            &[(5usize, 0usize, 3usize, 1usize, 7usize), (37, 300, 6, 2, 20), (300, 0, 4, 2, 64), (40, 500, 5, 1, 128)]
+        {
+            let t = start + s;
+            let q = rand(nh * s * hd, &mut seed);
+            let (k, v) = (rand(nkv * t * hd, &mut seed), rand(nkv * t * hd, &mut seed));
+            let (kr, vr) = (F32Rows { data: &k, cap: t, hd }, F32Rows { data: &v, cap: t, hd });
+            let got = prefill(&q, &kr, &vr, s, start, nh, nkv, hd);
+            for i in 0..s {
+                // Query i's heads as one (nh * hd) row; keys visible: 0..=start + i.
+                let qi: Vec<f32> = (0..nh).flat_map(|h| q[(h * s + i) * hd..(h * s + i + 1) * hd].to_vec()).collect();
+                let want = decode(&qi, &kr, &vr, start + i + 1, nh, nkv, hd);
+                let row = &got[i * nh * hd..(i + 1) * nh * hd];
+                assert!(max_diff(row, &want) < 1e-5, "s={s} start={start} row {i}: {}", max_diff(row, &want));
+            }
         }
     }
 

@@ -232,6 +232,36 @@ impl Cache {
         }
     }
 
+    /// Causal attention of `s` new queries (`q`: (nh, s, hd), roped) at positions `start..start + s`
+    /// over the cache, which already holds their keys; returns (s, nh * hd).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend_prefill_row(
+        &self,
+        layer: usize,
+        q: &[f32],
+        s: usize,
+        start: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<Vec<f32>> {
+        Ok(match &self.layers[layer] {
+            Some(LayerKv::F32 { k, v }) => {
+                let cap = k.dims()[2];
+                attention::with_f32(k, |kd| {
+                    attention::with_f32(v, |vd| {
+                        let (kr, vr) = (F32Rows { data: kd, cap, hd }, F32Rows { data: vd, cap, hd });
+                        attention::prefill(q, &kr, &vr, s, start, nh, nkv, hd)
+                    })
+                })??
+            }
+            Some(LayerKv::Q8 { k, v }) => {
+                attention::prefill(q, &k.rows(nkv, hd), &v.rows(nkv, hd), s, start, nh, nkv, hd)
+            }
+            None => bail!("kv cache: layer {layer} is empty"),
+        })
+    }
+
     /// `attend_decode` on plain slices: `q` is nh * hd roped values; returns nh * hd.
     pub(crate) fn attend_decode_row(
         &self,

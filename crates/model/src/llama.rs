@@ -18,6 +18,9 @@ use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// Most prompt tokens one forward pass takes; longer prompts are prefilled in chunks.
+const PREFILL_CHUNK: usize = 512;
+
 /// Upper bound on cos/sin table length when the config allows a huge context (Nanbeige: 262,144).
 /// Longer contexts extend the table lazily through `Llama::with_context`.
 const DEFAULT_ROPE_POSITIONS: usize = 32768;
@@ -368,9 +371,20 @@ impl Llama {
         if ids.is_empty() {
             bail!("no tokens to process");
         }
-        let t = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        if cache.len + ids.len() > cache.max_len {
+            bail!("context overflow: {} tokens exceed the context length of {}", cache.len + ids.len(), cache.max_len);
+        }
+        // Long prompts go through in chunks: the attention scores of one pass grow with the square
+        // of its length (2,000 tokens at once: ~150 MB per layer for SmolLM2), chunks keep them in
+        // cache; the weights are re-read per chunk, which costs little next to that.
+        let (head, tail) = ids.split_at(ids.len() - ((ids.len() - 1) % PREFILL_CHUNK + 1));
+        for chunk in head.chunks(PREFILL_CHUNK) {
+            let t = Tensor::new(chunk, &Device::Cpu)?.unsqueeze(0)?;
+            self.hidden(&t, Some(cache))?;
+        }
+        let t = Tensor::new(tail, &Device::Cpu)?.unsqueeze(0)?;
         let h = self.hidden(&t, Some(cache))?;
-        let last = h.narrow(1, ids.len() - 1, 1)?;
+        let last = h.narrow(1, tail.len() - 1, 1)?;
         let logits = self.lm_head.forward(&last)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -423,6 +437,12 @@ impl Llama {
                 if s == 1 && b == 1 && !self.differentiable {
                     // Decode step: attend straight from the cache store.
                     return c.attend_decode(layer, &q, c.len + 1, nkv);
+                }
+                if b == 1 && !self.differentiable {
+                    // Prompt chunk: flash-style attention over the cache store, no score matrix.
+                    let qv = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                    let out = c.attend_prefill_row(layer, &qv, s, c.len, nh, nkv, hd)?;
+                    return Ok(Tensor::from_vec(out, (1, s, nh * hd), &Device::Cpu)?);
                 }
                 c.read(layer, c.len + s, nkv, hd)?
             }
