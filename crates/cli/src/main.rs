@@ -7,6 +7,7 @@ mod inspect;
 mod run;
 mod serve;
 mod synth;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Cmd {
     Synth(synth::SynthArgs),
     /// Prefill/decode speed, bandwidth ceiling and peak memory of a model on this machine.
     Bench(bench::BenchArgs),
+    /// Fine-tune (`train sft`, full or LoRA) or distill (`train distill`) a model on chat JSONL.
+    Train(train::TrainArgs),
 }
 
 /// Which model and how to load it (shared by every subcommand that runs a model).
@@ -153,6 +156,7 @@ fn main() {
         Cmd::Pull(a) => inspect::pull(a),
         Cmd::Synth(a) => synth::synth(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Train(a) => train::train(a),
         Cmd::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
