@@ -3,6 +3,8 @@
 
 mod bench;
 mod chat;
+mod data;
+mod eval;
 mod inspect;
 mod run;
 mod serve;
@@ -42,6 +44,11 @@ enum Cmd {
     Synth(synth::SynthArgs),
     /// Prefill/decode speed, bandwidth ceiling and peak memory of a model on this machine.
     Bench(bench::BenchArgs),
+    /// Built-in verifiable task data: `data gen arith|word|countdown|code` writes chat JSONL.
+    Data(data::DataArgs),
+    /// Evaluate a model or endpoint (math, countdown, code pass@k, mc, tool calls) with 95% CIs;
+    /// `eval compare A.jsonl B.jsonl` compares two runs.
+    Eval(eval::EvalArgs),
     /// Fine-tune (`train sft`, full or LoRA) or distill (`train distill`) a model on chat JSONL.
     Train(train::TrainArgs),
 }
@@ -156,6 +163,8 @@ fn main() {
         Cmd::Pull(a) => inspect::pull(a),
         Cmd::Synth(a) => synth::synth(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Data(a) => data::data(a),
+        Cmd::Eval(a) => eval::eval(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Serve(a) => serve::serve(a),
     };
