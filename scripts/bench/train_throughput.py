@@ -39,7 +39,7 @@ def torch_bench(model_dir, tokens, runs, warmup, threads, attn):
         loss.backward()
         dt = time.perf_counter() - t
         if loss0 is None:
-            loss0 = float(loss)
+            loss0 = float(loss.detach())
         if i >= warmup:
             times.append(dt)
     med = statistics.median(times)
@@ -63,8 +63,10 @@ def main():
     if out.returncode != 0:
         sys.exit(f"nanbeige train bench failed: {out.stderr.strip()}")
     results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]), flush=True)
     for attn in ("eager", "sdpa"):
         results.append(torch_bench(args.model_dir, args.tokens, args.runs, args.warmup, args.threads, attn))
+        print(json.dumps(results[-1]), flush=True)
     print(f"{'impl':<16} {'tokens':>6} {'loss':>9} {'s/fwd+bwd':>10} {'tokens/s':>9}")
     for r in results:
         print(f"{r['impl']:<16} {r['tokens']:>6} {r['loss']:>9.4f} {r['median_fwd_bwd_s']:>10.3f} {r['tokens_per_s']:>9.0f}")

@@ -58,6 +58,12 @@ fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     safetensors::serialize_to_file(data, Some(meta), &tmp).with_context(|| format!("writing {}", path.display()))?;
     std::fs::rename(&tmp, path)?;
+    // The writer creates the file owner-only; a model directory is meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
     Ok(())
 }
 
