@@ -77,6 +77,8 @@ pub struct Outcome {
     pub wall_ms: f64,
     pub stdout_truncated_bytes: usize,
     pub stderr_truncated_bytes: usize,
+    /// The unprivileged uid the code ran as (no process of it is left when run_python returns).
+    pub uid: u32,
 }
 
 impl Outcome {
@@ -258,6 +260,12 @@ pub fn run_python_with_input(code: &str, stdin: &str, limits: &Limits) -> Result
             None => None,
         }
     };
+    // The namespace's processes are killed when its init exits, but dying takes a moment: return
+    // only once none is left (zombies included).
+    let gone_by = Instant::now() + Duration::from_secs(5);
+    while processes_of(uid) > 0 && Instant::now() < gone_by {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(cg);
     drop(dir);
     Ok(Outcome {
@@ -270,6 +278,7 @@ pub fn run_python_with_input(code: &str, stdin: &str, limits: &Limits) -> Result
         wall_ms,
         stdout_truncated_bytes,
         stderr_truncated_bytes,
+        uid,
     })
 }
 
@@ -329,6 +338,16 @@ fn read_capped<R: Read + Send + 'static>(pipe: Option<R>, cap: usize) -> std::th
         }
         (s, dropped)
     })
+}
+
+/// Processes on the host owned by `uid` (the owner of /proc/PID is the process's uid).
+fn processes_of(uid: u32) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .count()
 }
 
 fn find_python(limits: &Limits) -> Result<PathBuf> {

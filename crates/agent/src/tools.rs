@@ -399,7 +399,7 @@ impl Corpus for MemoryCorpus {
             .map(|p| (terms(&format!("{} {}", p.title, p.text)).iter().filter(|t| q.contains(*t)).count(), p))
             .filter(|(s, _)| *s > 0)
             .collect();
-        scored.sort_by(|a, b| b.0.cmp(&a.0));
+        scored.sort_by_key(|s| std::cmp::Reverse(s.0));
         Ok(scored
             .into_iter()
             .take(k)

@@ -266,7 +266,7 @@ fn the_turn_limit_forces_a_final_answer_without_tools() {
             assert_eq!(offered, [true, true, true, true, false]);
             return say("Final: walrus [1]");
         }
-        call("search", json!({"query": format!("walrus {turn}")}))
+        call("search", json!({"query": "walrus operator"}))
     });
     let mut agent =
         Agent { brain: &mut brain, tools: toolbox(false), cfg: cfg(5, 256), log: Trajectory::open(None).unwrap() };
