@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod data;
 mod eval;
+mod index;
 mod inspect;
 mod run;
 mod serve;
@@ -36,7 +37,7 @@ enum Cmd {
     Prompt(inspect::PromptArgs),
     /// Tokenize text with a model's tokenizer.
     Tokenize(inspect::TokenizeArgs),
-    /// Download a known model into the cache (smollm2, qwen2.5-coder, or all).
+    /// Download a known model into the cache (smollm2, qwen2.5-coder, minilm, or all).
     Pull(inspect::PullArgs),
     /// OpenAI-compatible HTTP server with continuous batching, streaming, tools and prefix cache.
     Serve(serve::ServeArgs),
@@ -44,6 +45,10 @@ enum Cmd {
     Synth(synth::SynthArgs),
     /// Prefill/decode speed, bandwidth ceiling and peak memory of a model on this machine.
     Bench(bench::BenchArgs),
+    /// Build or update a private document index over txt, md and html files (BM25, optional vectors).
+    Index(index::IndexArgs),
+    /// Search an index made by `nanbeige index`: id, source, title, score and snippet per hit.
+    Search(index::SearchArgs),
     /// Built-in verifiable task data: `data gen arith|word|countdown|code` writes chat JSONL.
     Data(data::DataArgs),
     /// Evaluate a model or endpoint (math, countdown, code pass@k, mc, tool calls) with 95% CIs;
@@ -167,6 +172,8 @@ fn main() {
         Cmd::Eval(a) => eval::eval(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Serve(a) => serve::serve(a),
+        Cmd::Index(a) => index::index(a),
+        Cmd::Search(a) => index::search(a),
     };
     if let Err(e) = result {
         // One line: the error and its causes, outermost first.

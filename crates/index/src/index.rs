@@ -28,7 +28,7 @@ use tantivy::{doc, Term};
 const MANIFEST: &str = "manifest.json";
 const VECTORS: &str = "vectors.f32";
 const VECTOR_IDS: &str = "vectors.json";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Reciprocal rank fusion constant (the usual 60).
 const RRF_K: f32 = 60.0;
 
@@ -149,7 +149,7 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let stemmed = TextOptions::default()
         .set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer("en_stem").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
     let f = Fields {
@@ -163,6 +163,27 @@ fn schema() -> (Schema, Fields) {
         full: b.add_text_field("full", STORED),
     };
     (b.build(), f)
+}
+
+const ANALYZER: &str = "nanbeige_en";
+/// Question words that carry no topic ("how do I …"): without this list BM25 ranks FAQ headings
+/// that start with "How do I" above the page that answers the question.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in",
+    "into", "is", "it", "its", "me", "my", "of", "on", "or", "so", "that", "the", "their", "then", "there", "these",
+    "this", "to", "was", "what", "when", "where", "which", "why", "will", "with", "you", "your",
+];
+
+/// Lowercase, drop stop words, English stemming; registered on every opened tantivy index.
+fn register_analyzer(index: &tantivy::Index) {
+    use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer};
+    let a = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(StopWordFilter::remove(STOP_WORDS.iter().map(|w| w.to_string())))
+        .filter(Stemmer::new(Language::English))
+        .build();
+    index.tokenizers().register(ANALYZER, a);
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -343,6 +364,7 @@ pub fn build(roots: &[PathBuf], out: &Path, opts: &BuildOptions) -> Result<Build
     } else {
         tantivy::Index::open_in_dir(&tdir).with_context(|| format!("{} is corrupt; delete it and rebuild", tdir.display()))?
     };
+    register_analyzer(&index);
     let embedder = match &opts.embed_model {
         Some(p) => Some(Embedder::load(p)?),
         None => None,
@@ -529,6 +551,7 @@ impl Index {
         let tdir = dir.join("tantivy");
         let index = tantivy::Index::open_in_dir(&tdir)
             .with_context(|| format!("{} is corrupt; rebuild the index", tdir.display()))?;
+        register_analyzer(&index);
         let (_, f) = schema();
         if index.schema().get_field("full").is_err() {
             bail!("{} was not written by nanbeige index", tdir.display());
