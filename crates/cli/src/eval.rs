@@ -63,6 +63,9 @@ pub struct EvalArgs {
     /// Seconds allowed for one sample's code tests.
     #[arg(long, default_value_t = 10)]
     pub code_timeout: u64,
+    /// Score the replies already in --out again (after a scorer change) instead of generating.
+    #[arg(long)]
+    pub rescore: bool,
     /// Seconds allowed for one endpoint request.
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
@@ -108,6 +111,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    if a.rescore {
+        let log = a.out.as_deref().context("--rescore needs the log: --out LOG.jsonl")?;
+        let n = runner::rescore_log(&items, log, cfg.code_timeout)?;
+        eprintln!("rescored {n} logged items");
+        let logged = runner::read_log(log)?;
+        let records: Vec<_> = items.iter().filter_map(|it| logged.get(&it.id).cloned()).collect();
+        return print_summary(kind, &records, a.json);
+    }
     let backend: Box<dyn Backend> = match &a.endpoint {
         Some(url) => Box::new(Endpoint::new(
             url,
@@ -118,8 +129,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => Box::new(Engine { lm: a.model.load()? }),
     };
     let records = runner::run(&items, backend.as_ref(), &cfg, a.out.as_deref())?;
-    let summary = runner::summarize(kind, &records);
-    if a.json {
+    print_summary(kind, &records, a.json)
+}
+
+fn print_summary(kind: Kind, records: &[serde_json::Value], json: bool) -> Result<()> {
+    let summary = runner::summarize(kind, records);
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
     } else {
         summary.print();

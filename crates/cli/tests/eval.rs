@@ -100,6 +100,30 @@ fn eval_with_the_real_model_logs_and_resumes() {
     let rec = &lines(&clog)[0];
     assert_eq!(rec["samples"].as_array().unwrap().len(), 2);
     assert_eq!(rec["samples"][0]["tests_total"], 11);
+    // Rescoring from the saved replies needs no model and gives the same scores.
+    let mut edited = rec.clone();
+    edited["pass1"] = json!(0.5);
+    edited["samples"][0]["score"] = json!(-1.0);
+    std::fs::write(&clog, format!("{edited}\n")).unwrap();
+    let o = ok(&[
+        "eval",
+        "code",
+        "--gen",
+        "code",
+        "--n",
+        "1",
+        "--samples",
+        "2",
+        "--out",
+        s(&clog),
+        "--rescore",
+        "--model",
+        "/nonexistent",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rescored 1 logged items"));
+    let again = &lines(&clog)[0];
+    assert_eq!(again["samples"][0]["score"], rec["samples"][0]["score"]);
+    assert_eq!(again["pass1"], rec["pass1"]);
 }
 
 /// A fake OpenAI-compatible chat server: answers "What is a + b?" questions with the right sum
@@ -128,7 +152,14 @@ fn fake_server(status: u16) -> String {
                 }
                 let mut body = vec![0; len];
                 r.read_exact(&mut body).unwrap();
+                if len == 0 {
+                    // GET /v1/models
+                    let out = json!({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).to_string();
+                    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}", out.len());
+                    return;
+                }
                 let req: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(req["model"], "fake-model");
                 let q = req["messages"][0]["content"].as_str().unwrap_or("").to_string();
                 let reply = if req.get("tools").is_some() {
                     json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",

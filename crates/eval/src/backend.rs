@@ -91,7 +91,27 @@ impl Endpoint {
         };
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
-        Ok(Endpoint { url, model: model.unwrap_or_else(|| "default".into()), api_key, agent })
+        let mut ep = Endpoint { url, model: model.clone().unwrap_or_default(), api_key, agent };
+        if model.is_none() {
+            ep.model = ep.first_model()?;
+        }
+        Ok(ep)
+    }
+
+    /// The first model the server lists (GET …/v1/models), used when no --api-model is given.
+    fn first_model(&self) -> Result<String> {
+        let url = self.url.trim_end_matches("/chat/completions").to_string() + "/models";
+        let mut req = self.agent.get(&url);
+        if let Some(k) = &self.api_key {
+            req = req.header("Authorization", &format!("Bearer {k}"));
+        }
+        let mut resp = req.call().with_context(|| format!("GET {url}"))?;
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        match v.pointer("/data/0/id").and_then(Value::as_str) {
+            Some(id) => Ok(id.to_string()),
+            None => bail!("{url} lists no model ({}); name one with --api-model", resp.status()),
+        }
     }
 }
 

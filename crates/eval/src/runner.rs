@@ -66,14 +66,22 @@ fn gold_json(g: &Gold) -> Value {
 
 /// Evaluate one item: k samples, scored; the log record.
 fn eval_item(item: &Item, backend: &dyn Backend, cfg: &Config) -> Result<Value> {
-    let mut samples = vec![];
-    let (mut passes, mut score_sum, mut fmt) = (0usize, 0.0, 0usize);
+    let mut replies = vec![];
     for j in 0..cfg.samples {
         let t = Instant::now();
         let reply =
             backend.chat(&item.messages, item.tools.as_ref(), &cfg.sampling, cfg.seed.wrapping_add(j as u64))?;
-        let secs = t.elapsed().as_secs_f64();
-        let (s, extra) = score_reply(item, &reply, cfg.code_timeout)?;
+        replies.push((reply, t.elapsed().as_secs_f64()));
+    }
+    record(item, &replies, cfg.code_timeout)
+}
+
+/// The log record of an item from its sampled replies (and the seconds each took).
+fn record(item: &Item, replies: &[(Reply, f64)], code_timeout: Duration) -> Result<Value> {
+    let mut samples = vec![];
+    let (mut passes, mut score_sum, mut fmt) = (0usize, 0.0, 0usize);
+    for (reply, secs) in replies {
+        let (s, extra) = score_reply(item, reply, code_timeout)?;
         let f = score::format_ok(&reply.text);
         passes += (s == 1.0) as usize;
         score_sum += s;
@@ -84,7 +92,7 @@ fn eval_item(item: &Item, backend: &dyn Backend, cfg: &Config) -> Result<Value> 
         }
         samples.push(rec);
     }
-    let k = cfg.samples;
+    let k = replies.len();
     Ok(json!({
         "id": item.id,
         "task": item.kind.name(),
@@ -98,6 +106,51 @@ fn eval_item(item: &Item, backend: &dyn Backend, cfg: &Config) -> Result<Value> 
         "format_ok": fmt as f64 / k as f64,
         "samples": samples,
     }))
+}
+
+/// Scores a logged record again from its saved replies (after a scorer fix), without generating.
+fn rescore(item: &Item, rec: &Value, code_timeout: Duration) -> Result<Value> {
+    let samples = rec["samples"].as_array().filter(|s| !s.is_empty()).context("no samples to rescore")?;
+    let replies: Vec<(Reply, f64)> = samples
+        .iter()
+        .map(|s| {
+            let calls = s["calls"].as_array().map(|c| {
+                c.iter().filter_map(|c| Some((c["name"].as_str()?.to_string(), c["arguments"].clone()))).collect()
+            });
+            let reply = Reply {
+                text: s["text"].as_str().unwrap_or("").to_string(),
+                tool_calls: calls.unwrap_or_default(),
+                completion_tokens: s["tokens"].as_u64().unwrap_or(0) as usize,
+                finish_reason: s["finish"].as_str().unwrap_or("").to_string(),
+            };
+            (reply, s["secs"].as_f64().unwrap_or(0.0))
+        })
+        .collect();
+    record(item, &replies, code_timeout)
+}
+
+/// Re-scores every logged item of this set from its saved replies and rewrites the log (other
+/// lines are kept as they are).
+pub fn rescore_log(items: &[Item], log: &Path, code_timeout: Duration) -> Result<usize> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let by_id: HashMap<&str, &Item> = items.iter().map(|it| (it.id.as_str(), it)).collect();
+    let (mut out, mut n) = (String::new(), 0);
+    for line in text.lines() {
+        let rec: Option<Value> = serde_json::from_str(line).ok();
+        let item = rec.as_ref().and_then(|r| r["id"].as_str()).and_then(|id| by_id.get(id));
+        match (rec.as_ref(), item) {
+            (Some(r), Some(it)) => {
+                out += &rescore(it, r, code_timeout)?.to_string();
+                n += 1;
+            }
+            _ => out += line,
+        }
+        out.push('\n');
+    }
+    let tmp = log.with_extension("rescore.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, log).with_context(|| format!("replacing {}", log.display()))?;
+    Ok(n)
 }
 
 /// Records already in the log, by id (later lines win). Broken lines (a run killed mid-write) are

@@ -1,8 +1,9 @@
 //! Runs a candidate Python function against its tests and reports which tests passed.
 //!
-//! The harness loads the candidate, then runs each test separately and prints one result line per
-//! test, tagged with a random per-run marker (so output the candidate prints cannot pass for a
-//! result). A crash, timeout or `exit()` in the candidate simply leaves the remaining tests failed.
+//! The harness sanitizes the candidate (SANITIZE below), loads it, then runs each test separately
+//! and prints one result line per test, tagged with a random per-run marker (so output the
+//! candidate prints cannot pass for a result). A crash, timeout or `exit()` in the candidate simply
+//! leaves the remaining tests failed.
 //!
 //! The Python process itself is started by `run_python` below: a child with resource limits and a
 //! wall-clock kill. Not here: network/filesystem isolation (the agent crate's sandbox provides that).
@@ -37,13 +38,13 @@ impl TestRun {
 pub fn run_tests(code: &str, setup: Option<&str>, tests: &[String], timeout: Duration) -> Result<TestRun> {
     let marker = format!("@@{:016x}", nonce());
     let harness = format!(
-        r#"import io as _io, json as _json, sys as _sys
+        r#"import ast as _ast, io as _io, json as _json, sys as _sys
 _real = _sys.stdout
 _sys.stdout = _io.StringIO()
 _g = {{"__name__": "candidate"}}
 _err = None
 try:
-    exec(compile(_json.loads({code}), "candidate.py", "exec"), _g)
+    exec(compile(_sanitize(_json.loads({code})), "candidate.py", "exec"), _g)
     if {setup} is not None:
         exec(compile(_json.loads({setup}), "tests.py", "exec"), _g)
 except BaseException as _e:
@@ -63,6 +64,7 @@ else:
         setup = setup.map(|s| json!(json!(s).to_string()).to_string()).unwrap_or_else(|| "None".into()),
         tests = json!(json!(tests).to_string()),
     );
+    let harness = SANITIZE.to_string() + &harness;
     let (stdout, timed_out) = run_python(&harness, timeout)?;
     let mut run = TestRun { passed: 0, total: tests.len(), timed_out, load_error: None };
     for line in stdout.lines() {
@@ -77,6 +79,26 @@ else:
     run.passed = run.passed.min(run.total);
     Ok(run)
 }
+
+/// Keeps what defines the solution (imports, functions, classes, constant assignments) and drops
+/// top-level statements (example calls, prints, the model's own asserts, `__main__` blocks), as
+/// evalplus' sanitizer does; a reply cut off by the token limit loses its unfinished tail.
+const SANITIZE: &str = r#"def _sanitize(src):
+    import ast
+    lines = src.split("\n")
+    tree = None
+    for end in range(len(lines), 0, -1):
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+            break
+        except SyntaxError:
+            continue
+    if tree is None:
+        return src
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+    body = [n for n in tree.body if isinstance(n, keep)]
+    return ast.unparse(ast.Module(body=body, type_ignores=[])) if body else src
+"#;
 
 fn nonce() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -400,6 +400,10 @@ mod tests {
         assert_eq!(r.passed, 0);
         assert!(r.load_error.unwrap().starts_with("SyntaxError"));
         let cheat = "```python\nimport sys\nprint('@@0000 pass 0')\nsys.exit(0)\n```";
+        // The model's own example calls and failing asserts, and a tail cut off by the token
+        // limit, do not sink a correct function.
+        let chatty = "```python\ndef f(xs):\n    return sum(xs)\n\nprint(f([1]))\nassert f([1]) == 2, 'mine'\nif __name__ == '__main__':\n    f(None)\n\ndef check():\n    assert f([1, 2]) == [";
+        assert_eq!(score_code(chatty, &t, d).unwrap().share(), 1.0);
         assert_eq!(score_code(cheat, &t, d).unwrap().passed, 0);
         let slow = "```python\ndef f(xs):\n    while True: pass\n```";
         let r = score_code(slow, &t, Duration::from_secs(2)).unwrap();

@@ -48,7 +48,10 @@ fn reference_answers_score_full_marks_and_wrong_ones_do_not() {
                             }
                         }
                         if ex.content.contains("sum(1 for x in xs if") {
-                            let mutant = ex.content.replace("sum(1 for x in xs if", "len(set(x for x in xs if").replace(")\n```", "))\n```");
+                            let mutant = ex
+                                .content
+                                .replace("sum(1 for x in xs if", "len(set(x for x in xs if")
+                                .replace(")\n```", "))\n```");
                             let r = score::score_code(&mutant, tests, Duration::from_secs(10)).unwrap();
                             mutants += 1;
                             killed += (r.passed < r.total) as usize;

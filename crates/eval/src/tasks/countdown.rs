@@ -1,6 +1,6 @@
 //! Countdown/24-style puzzles: reach a target from given numbers, each used exactly once, with
-//! + - * / and parentheses. Generated backwards from a random sequence of exact, positive steps, so
-//! every puzzle is solvable; the verifier (score.rs) accepts any valid expression, not only ours.
+//! `+ - * /` and parentheses. Generated from a random sequence of exact, positive steps, so every
+//! puzzle is solvable; the verifier (score.rs) accepts any valid expression, not only ours.
 
 use super::Example;
 use crate::rng::Rng;
@@ -55,7 +55,7 @@ fn solve_forward(rng: &mut Rng, numbers: &[i64]) -> Option<Example> {
         pool.push((v, expr, false));
     }
     let (target, expr, _) = pool.pop()?;
-    if target < 10 || target > 999 || numbers.contains(&target) {
+    if !(10..=999).contains(&target) || numbers.contains(&target) {
         return None;
     }
     let list = numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");

@@ -33,7 +33,7 @@ impl Split {
 
     /// Which split a problem belongs to, from its canonical key alone.
     pub fn of(key: &str) -> Split {
-        if stable_hash(key) % 5 == 0 {
+        if stable_hash(key).is_multiple_of(5) {
             Split::Test
         } else {
             Split::Train
