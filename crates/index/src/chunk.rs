@@ -81,14 +81,12 @@ pub fn from_string(raw: &str, kind: Kind, id: &str, source: &str) -> SourceDoc {
             // them back as tree-relative paths (`library/functools.html` + `../glossary.html`
             // → `glossary.html`); absolute URLs stay as they are.
             let p = crate::html::extract_with_base(raw, Some(&format!("file:///{id}")));
-            let links = p.links.into_iter().map(|l| l.strip_prefix("file:///").map(str::to_string).unwrap_or(l)).collect();
+            let links =
+                p.links.into_iter().map(|l| l.strip_prefix("file:///").map(str::to_string).unwrap_or(l)).collect();
             (if p.title.is_empty() { stem } else { p.title }, p.text, links)
         }
         Kind::Markdown => {
-            let title = sections(raw, true)
-                .iter()
-                .find_map(|s| s.path.first().cloned())
-                .unwrap_or(stem);
+            let title = sections(raw, true).iter().find_map(|s| s.path.first().cloned()).unwrap_or(stem);
             (title, raw.replace("\r\n", "\n"), markdown_links(raw))
         }
         Kind::Text => {
@@ -262,17 +260,24 @@ mod tests {
         assert_eq!(d.title, "Guide");
         assert_eq!(d.links, vec!["setup.md"]);
         let c = chunk(&d, &ChunkOptions::default());
-        let got: Vec<(&str, &str, &str)> = c.iter().map(|c| (c.id.as_str(), c.heading.as_str(), c.text.as_str())).collect();
+        let got: Vec<(&str, &str, &str)> =
+            c.iter().map(|c| (c.id.as_str(), c.heading.as_str(), c.text.as_str())).collect();
         assert_eq!(
             got,
             vec![
                 ("notes/guide.md#0", "Guide", "Intro text."),
-                ("notes/guide.md#1", "Guide > Install", "Run the [installer](setup.md).\n\n```\n# not a heading\n\nstill code\n```"),
+                (
+                    "notes/guide.md#1",
+                    "Guide > Install",
+                    "Run the [installer](setup.md).\n\n```\n# not a heading\n\nstill code\n```"
+                ),
                 ("notes/guide.md#2", "Guide > Install > Linux", "Use apt."),
                 ("notes/guide.md#3", "Guide > Usage", "Call it."),
             ]
         );
-        assert!(c.iter().all(|c| c.title == "Guide" && c.source == "/root/notes/guide.md" && c.doc_id == "notes/guide.md"));
+        assert!(c
+            .iter()
+            .all(|c| c.title == "Guide" && c.source == "/root/notes/guide.md" && c.doc_id == "notes/guide.md"));
     }
 
     #[test]
@@ -294,7 +299,10 @@ mod tests {
         }
         // One huge paragraph is cut too.
         let huge = (0..1000).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
-        let c = chunk(&from_string(&huge, Kind::Text, "h.txt", "h.txt"), &ChunkOptions { max_words: 100, overlap_words: 10 });
+        let c = chunk(
+            &from_string(&huge, Kind::Text, "h.txt", "h.txt"),
+            &ChunkOptions { max_words: 100, overlap_words: 10 },
+        );
         assert!(c.iter().all(|c| words(&c.text) <= 100));
         assert!(c.last().unwrap().text.ends_with("w999"));
     }

@@ -33,15 +33,15 @@ impl Embedder {
         let cfg: Config = serde_json::from_str(&std::fs::read_to_string(&cfg_p)?)
             .with_context(|| format!("parsing {}", cfg_p.display()))?;
         let dim = cfg.hidden_size;
-        let mut tokenizer = Tokenizer::from_file(&tok_p)
-            .map_err(|e| anyhow::anyhow!("loading {}: {e}", tok_p.display()))?;
+        let mut tokenizer =
+            Tokenizer::from_file(&tok_p).map_err(|e| anyhow::anyhow!("loading {}: {e}", tok_p.display()))?;
         // The shipped tokenizer.json pads/truncates to 128; use sentence-transformers' settings.
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
         // SAFETY: the weights file is memory-mapped read-only; nanbeige never writes model files in place.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[w_p.clone()], DType::F32, &Device::Cpu) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&w_p), DType::F32, &Device::Cpu) }
             .with_context(|| format!("reading {}", w_p.display()))?;
         let model = BertModel::load(vb, &cfg).with_context(|| format!("loading BERT from {}", w_p.display()))?;
         Ok(Embedder { model, tokenizer, dim })
@@ -60,7 +60,7 @@ impl Embedder {
         let types = Tensor::from_vec(flat(&|e| e.get_type_ids().to_vec()), (n, len), &Device::Cpu)?;
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask().to_vec()), (n, len), &Device::Cpu)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (n, len, dim)
-        // Mean over the real tokens only.
+                                                                     // Mean over the real tokens only.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&m)?.sum(1)?;
         let counts = m.sum(1)?.clamp(1e-9, f32::MAX)?;

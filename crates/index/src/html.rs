@@ -31,11 +31,8 @@ pub fn extract_with_base(html: &str, base: Option<&str>) -> Page {
     let doc = Html::parse_document(html);
     let base = base.and_then(|b| url::Url::parse(b).ok());
     let sel = |s: &str| Selector::parse(s).expect("static selector");
-    let title = doc
-        .select(&sel("title"))
-        .next()
-        .map(|t| collapse_ws(&t.text().collect::<String>()))
-        .unwrap_or_default();
+    let title =
+        doc.select(&sel("title")).next().map(|t| collapse_ws(&t.text().collect::<String>())).unwrap_or_default();
     let root = ["[role=main]", "main", "article", "body"]
         .iter()
         .find_map(|s| doc.select(&sel(s)).next())
@@ -62,16 +59,51 @@ fn collapse_ws(s: &str) -> String {
 }
 
 const SKIP_TAGS: &[&str] = &[
-    "script", "style", "noscript", "template", "nav", "header", "footer", "form", "button", "svg", "iframe",
-    "head", "select", "input", "textarea",
+    "script", "style", "noscript", "template", "nav", "header", "footer", "form", "button", "svg", "iframe", "head",
+    "select", "input", "textarea",
 ];
 /// Sphinx / docs-theme chrome, by class.
-const SKIP_CLASSES: &[&str] =
-    &["sphinxsidebar", "related", "headerlink", "footer", "mobile-nav", "menu-wrapper", "inline-search", "toctree-wrapper"];
+const SKIP_CLASSES: &[&str] = &[
+    "sphinxsidebar",
+    "related",
+    "headerlink",
+    "footer",
+    "mobile-nav",
+    "menu-wrapper",
+    "inline-search",
+    "toctree-wrapper",
+];
 const BLOCK_TAGS: &[&str] = &[
-    "p", "div", "section", "br", "hr", "li", "dt", "dd", "dl", "ul", "ol", "table", "tr", "blockquote", "pre",
-    "figure", "figcaption", "details", "summary", "main", "article", "aside", "body", "caption", "h1", "h2", "h3",
-    "h4", "h5", "h6",
+    "p",
+    "div",
+    "section",
+    "br",
+    "hr",
+    "li",
+    "dt",
+    "dd",
+    "dl",
+    "ul",
+    "ol",
+    "table",
+    "tr",
+    "blockquote",
+    "pre",
+    "figure",
+    "figcaption",
+    "details",
+    "summary",
+    "main",
+    "article",
+    "aside",
+    "body",
+    "caption",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
 ];
 
 struct Walker {
@@ -95,8 +127,7 @@ impl Walker {
 
     fn add_link(&mut self, href: &str) {
         let href = href.trim();
-        if href.is_empty() || href.starts_with('#') || href.starts_with("javascript:") || href.starts_with("mailto:")
-        {
+        if href.is_empty() || href.starts_with('#') || href.starts_with("javascript:") || href.starts_with("mailto:") {
             return;
         }
         let resolved = match &self.base {
@@ -189,9 +220,10 @@ impl Walker {
         let mut text = String::new();
         for d in el.descendants() {
             if let Node::Text(t) = d.value() {
-                let skip = d.ancestors().take_while(|a| a.id() != el.id()).any(|a| {
-                    a.value().as_element().is_some_and(|e| e.classes().any(|c| c == "headerlink"))
-                });
+                let skip = d
+                    .ancestors()
+                    .take_while(|a| a.id() != el.id())
+                    .any(|a| a.value().as_element().is_some_and(|e| e.classes().any(|c| c == "headerlink")));
                 if !skip {
                     text.push_str(t);
                 }

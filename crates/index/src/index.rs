@@ -6,8 +6,9 @@
 //! - with `--embed`, `vectors.f32` (unit vectors, one per chunk, flat little-endian) and
 //!   `vectors.json` (their chunk ids) for hybrid ranking: BM25 and cosine lists fused by reciprocal
 //!   rank fusion. Cosine is brute force over all chunks (a few thousand to tens of thousands).
-//! It does not watch files, lock against two concurrent builders beyond tantivy's own writer lock,
-//! or read pdf.
+//!
+//! It does not watch files, lock against two concurrent builders beyond tantivy's own writer
+//! lock, or read pdf.
 
 use crate::chunk::{self, Chunk, ChunkOptions};
 use crate::embed::{self, Embedder};
@@ -20,9 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tantivy::collector::TopDocs;
 use tantivy::query::{QueryParser, TermQuery};
-use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
-};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
 use tantivy::{doc, Term};
 
 const MANIFEST: &str = "manifest.json";
@@ -90,7 +89,13 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { chunk: ChunkOptions::default(), embed_model: None, progress: false, embed_batch: 16, exclude: vec![] }
+        BuildOptions {
+            chunk: ChunkOptions::default(),
+            embed_model: None,
+            progress: false,
+            embed_batch: 16,
+            exclude: vec![],
+        }
     }
 }
 
@@ -149,7 +154,9 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let stemmed = TextOptions::default()
         .set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            TextFieldIndexing::default()
+                .set_tokenizer(ANALYZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
     let f = Fields {
@@ -176,7 +183,9 @@ const STOP_WORDS: &[&str] = &[
 
 /// Lowercase, drop stop words, English stemming; registered on every opened tantivy index.
 fn register_analyzer(index: &tantivy::Index) {
-    use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer};
+    use tantivy::tokenizer::{
+        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+    };
     let a = TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
@@ -208,16 +217,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Vectors by chunk id.
 fn read_vectors(dir: &Path) -> Result<(usize, Vec<String>, Vec<f32>)> {
     let ids_p = dir.join(VECTOR_IDS);
-    let ids: Vec<String> = serde_json::from_str(
-        &std::fs::read_to_string(&ids_p).with_context(|| format!("reading {}", ids_p.display()))?,
-    )
-    .with_context(|| format!("{} is corrupt", ids_p.display()))?;
+    let ids: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&ids_p).with_context(|| format!("reading {}", ids_p.display()))?)
+            .with_context(|| format!("{} is corrupt", ids_p.display()))?;
     let vp = dir.join(VECTORS);
     let bytes = std::fs::read(&vp).with_context(|| format!("reading {}", vp.display()))?;
     if bytes.len() % 4 != 0 || (ids.is_empty() && !bytes.is_empty()) {
@@ -336,7 +350,9 @@ pub fn build(roots: &[PathBuf], out: &Path, opts: &BuildOptions) -> Result<Build
     let old = if out.join(MANIFEST).exists() {
         Some(read_manifest(out)?)
     } else {
-        if out.exists() && std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_some() {
+        if out.exists()
+            && std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_some()
+        {
             bail!("{} exists, is not empty and is not a nanbeige index; refusing to write there", out.display());
         }
         None
@@ -362,7 +378,8 @@ pub fn build(roots: &[PathBuf], out: &Path, opts: &BuildOptions) -> Result<Build
     let index = if fresh_index {
         tantivy::Index::create_in_dir(&tdir, schema)?
     } else {
-        tantivy::Index::open_in_dir(&tdir).with_context(|| format!("{} is corrupt; delete it and rebuild", tdir.display()))?
+        tantivy::Index::open_in_dir(&tdir)
+            .with_context(|| format!("{} is corrupt; delete it and rebuild", tdir.display()))?
     };
     register_analyzer(&index);
     let embedder = match &opts.embed_model {
@@ -415,7 +432,8 @@ pub fn build(roots: &[PathBuf], out: &Path, opts: &BuildOptions) -> Result<Build
         let entry = FileEntry { source, size: meta.len(), mtime_ns, sha256, chunks: 0 };
         todo.push((id.clone(), path.clone(), entry, bytes));
     }
-    let removed: Vec<String> = manifest.files.keys().filter(|id| !seen.contains(id.as_ref() as &str)).cloned().collect();
+    let removed: Vec<String> =
+        manifest.files.keys().filter(|id| !seen.contains(id.as_ref() as &str)).cloned().collect();
 
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 50_000_000)?;
     let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
@@ -463,7 +481,13 @@ pub fn build(roots: &[PathBuf], out: &Path, opts: &BuildOptions) -> Result<Build
                 f.text => c.text.as_str(),
             ))?;
         }
-        let full = Document { id: doc.id.clone(), source: doc.source.clone(), title: doc.title.clone(), text: doc.text, links: doc.links };
+        let full = Document {
+            id: doc.id.clone(),
+            source: doc.source.clone(),
+            title: doc.title.clone(),
+            text: doc.text,
+            links: doc.links,
+        };
         writer.add_document(doc!(
             f.kind => "doc",
             f.doc_id => id.as_str(),
@@ -542,7 +566,11 @@ impl std::fmt::Debug for Index {
 impl Index {
     pub fn open(dir: &Path) -> Result<Index> {
         if !dir.is_dir() {
-            bail!("index {} does not exist (build it with `nanbeige index PATH --out {}`)", dir.display(), dir.display());
+            bail!(
+                "index {} does not exist (build it with `nanbeige index PATH --out {}`)",
+                dir.display(),
+                dir.display()
+            );
         }
         if !dir.join(MANIFEST).is_file() {
             bail!("{} is not a nanbeige index (no {MANIFEST})", dir.display());
@@ -665,7 +693,9 @@ impl Index {
             return Ok(e.clone());
         }
         let dir = self.embed_model.as_ref().context("index has no embedding model")?;
-        let e = Arc::new(Embedder::load(dir).with_context(|| format!("loading the embedding model for {}", self.dir.display()))?);
+        let e = Arc::new(
+            Embedder::load(dir).with_context(|| format!("loading the embedding model for {}", self.dir.display()))?,
+        );
         *g = Some(e.clone());
         Ok(e)
     }
@@ -676,12 +706,18 @@ impl Index {
         if q.len() != *dim {
             bail!("embedding model gives {}-d vectors but the index holds {dim}-d ones", q.len());
         }
-        let mut scored: Vec<(usize, f32)> = (0..ids.len()).map(|i| (i, embed::dot(&q, &flat[i * dim..(i + 1) * dim]))).collect();
+        let mut scored: Vec<(usize, f32)> =
+            (0..ids.len()).map(|i| (i, embed::dot(&q, &flat[i * dim..(i + 1) * dim]))).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(scored.into_iter().take(n).map(|(i, s)| (ids[i].clone(), s)).collect())
     }
 
-    fn stored_by(&self, searcher: &tantivy::Searcher, field: Field, value: &str) -> Result<Option<tantivy::TantivyDocument>> {
+    fn stored_by(
+        &self,
+        searcher: &tantivy::Searcher,
+        field: Field,
+        value: &str,
+    ) -> Result<Option<tantivy::TantivyDocument>> {
         let q = TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic);
         let top = searcher.search(&q, &TopDocs::with_limit(8))?;
         for (_, addr) in top {
@@ -728,7 +764,9 @@ fn word_matches(word: &str, terms: &[String]) -> bool {
         return false;
     }
     // A crude stem match (cache ~ caching) is enough to place a snippet.
-    terms.iter().any(|t| w == *t || (t.len() >= 4 && w.len() >= 4 && (w.starts_with(&t[..4]) && t.starts_with(&w[..4]))))
+    terms
+        .iter()
+        .any(|t| w == *t || (t.len() >= 4 && w.len() >= 4 && (w.starts_with(&t[..4]) && t.starts_with(&w[..4]))))
 }
 
 /// The `width`-word window of `text` with the most query-word hits.
@@ -769,7 +807,10 @@ mod tests {
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("_sources/*", "library/_sources.html"));
         assert!(!glob_match("genindex*", "library/genindex.html"));
-        let text = (0..100).map(|i| if i == 70 { "caching".to_string() } else { format!("w{i}") }).collect::<Vec<_>>().join(" ");
+        let text = (0..100)
+            .map(|i| if i == 70 { "caching".to_string() } else { format!("w{i}") })
+            .collect::<Vec<_>>()
+            .join(" ");
         let s = snippet(&text, &query_terms("how does cache work"), 10);
         assert!(s.starts_with("… ") && s.contains("caching") && s.ends_with(" …"), "{s}");
         assert_eq!(snippet("short text", &[], 10), "short text");

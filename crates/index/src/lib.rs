@@ -3,9 +3,9 @@
 //! all-MiniLM-L6-v2 vectors computed in-process (embed.rs) for hybrid ranking. html.rs is also the
 //! agent's HTML-to-text for fetched web pages.
 
-pub mod html;
 pub mod chunk;
 pub mod embed;
+pub mod html;
 pub mod index;
 
 pub use index::{build, BuildOptions, BuildReport, Document, Hit, Index, Mode};

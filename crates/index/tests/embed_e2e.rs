@@ -53,7 +53,7 @@ fn hybrid_finds_a_paraphrase_bm25_cannot() {
     std::fs::write(docs.join("cook.md"), "# Bread\n\nKnead the dough for ten minutes, then let it rise.\n").unwrap();
     let out = t.path().join("idx");
     let opts = BuildOptions { embed_model: Some(model_dir()), ..Default::default() };
-    let r = build(&[docs.clone()], &out, &opts).unwrap();
+    let r = build(std::slice::from_ref(&docs), &out, &opts).unwrap();
     assert_eq!(r.chunks_embedded, 3);
     let idx = Index::open(&out).unwrap();
     assert!(idx.has_vectors());
@@ -65,7 +65,7 @@ fn hybrid_finds_a_paraphrase_bm25_cannot() {
 
     // Incremental with vectors: a changed file gets new vectors, the others keep theirs.
     std::fs::write(docs.join("cook.md"), "# Soup\n\nSimmer the onions in stock.\n").unwrap();
-    let r = build(&[docs.clone()], &out, &opts).unwrap();
+    let r = build(std::slice::from_ref(&docs), &out, &opts).unwrap();
     assert_eq!((r.updated.len(), r.chunks_embedded, r.total_chunks), (1, 1, 3));
     let idx = Index::open(&out).unwrap();
     assert_eq!(idx.search_mode("a hot liquid meal made with vegetables", 1, Mode::Dense).unwrap()[0].doc_id, "cook.md");

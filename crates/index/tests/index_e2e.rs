@@ -16,7 +16,11 @@ fn corpus() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let docs = t.path().join("docs");
     write(&docs, "guide/install.md", "# Installing Frobnicator\n\nDownload the tarball and run `make install`.\n\n## Windows\n\nUse the MSI installer from the releases page.\n");
-    write(&docs, "guide/usage.md", "# Using Frobnicator\n\nCall `frob --turbo` to enable turbo mode, which doubles the spin rate.\n");
+    write(
+        &docs,
+        "guide/usage.md",
+        "# Using Frobnicator\n\nCall `frob --turbo` to enable turbo mode, which doubles the spin rate.\n",
+    );
     write(&docs, "notes.txt", "Meeting notes\n\nThe quarterly budget for the penguin sanctuary was approved.\n");
     write(
         &docs,
@@ -38,7 +42,7 @@ fn build_search_document_and_incremental_rebuild() {
     let (t, docs) = corpus();
     let out = t.path().join("idx");
     let opts = BuildOptions::default();
-    let r = build(&[docs.clone()], &out, &opts).unwrap();
+    let r = build(std::slice::from_ref(&docs), &out, &opts).unwrap();
     assert_eq!(r.files_seen, 4);
     assert_eq!(r.added, vec!["api/widgets.html", "guide/install.md", "guide/usage.md", "notes.txt"]);
     assert!(r.updated.is_empty() && r.removed.is_empty() && r.unchanged == 0);
@@ -76,7 +80,7 @@ fn build_search_document_and_incremental_rebuild() {
     drop(idx);
 
     // Nothing changed: nothing re-read.
-    let r = build(&[docs.clone()], &out, &opts).unwrap();
+    let r = build(std::slice::from_ref(&docs), &out, &opts).unwrap();
     assert!(r.added.is_empty() && r.updated.is_empty() && r.removed.is_empty(), "{r:?}");
     assert_eq!((r.unchanged, r.chunks_indexed), (4, 0));
 
@@ -88,7 +92,7 @@ fn build_search_document_and_incremental_rebuild() {
     let content = fs::read(&install).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(&install, content).unwrap();
-    let r = build(&[docs.clone()], &out, &opts).unwrap();
+    let r = build(std::slice::from_ref(&docs), &out, &opts).unwrap();
     assert_eq!(r.added, vec!["faq.md"]);
     assert_eq!(r.updated, vec!["guide/usage.md"]);
     assert_eq!(r.removed, vec!["notes.txt"]);
@@ -111,7 +115,7 @@ fn build_search_document_and_incremental_rebuild() {
 fn bad_inputs_are_clear_errors() {
     let t = tempfile::tempdir().unwrap();
     let missing = t.path().join("missing");
-    let e = build(&[missing.clone()], &t.path().join("idx"), &BuildOptions::default()).unwrap_err();
+    let e = build(std::slice::from_ref(&missing), &t.path().join("idx"), &BuildOptions::default()).unwrap_err();
     assert!(format!("{e:#}").contains("cannot index"), "{e:#}");
 
     let e = Index::open(&missing).unwrap_err();
