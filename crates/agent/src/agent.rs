@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const DEFAULT_SYSTEM: &str = "You are a research assistant. Answer the user's question using the tools: search for relevant documents, visit the most promising ones with a clear goal, and search again with other keywords when the results are not enough. Sources are numbered [1], [2], … in the tool results. When you know the answer, reply without calling a tool: give a concise answer and cite the sources you used with their numbers, like [1].";
+pub const DEFAULT_SYSTEM: &str = "You are a research assistant. Do not answer from memory: first call the search tool, then answer from what the tools return. Search for relevant documents, visit the most promising ones with a clear goal, and search again with other keywords when the results are not enough. Sources are numbered [1], [2], … in the tool results. When you know the answer, reply without calling a tool: give a concise answer and cite the sources you used with their numbers, like [1].";
 
 pub const FINAL_INSTRUCTION: &str = "Stop searching now: no more tool calls. Answer the original question with what you found, concisely, citing the numbered sources you used like [1]. If you did not find the answer, say so.";
 
@@ -34,11 +34,20 @@ pub struct AgentConfig {
     pub system: String,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// The first reply must call the first tool, search (small models otherwise answer from memory).
+    pub search_first: bool,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self { max_turns: 100, max_reply_tokens: 1024, keep_whole: 3, system: DEFAULT_SYSTEM.into(), progress: false }
+        Self {
+            max_turns: 100,
+            max_reply_tokens: 1024,
+            keep_whole: 3,
+            system: DEFAULT_SYSTEM.into(),
+            progress: false,
+            search_first: true,
+        }
     }
 }
 
@@ -161,7 +170,12 @@ impl Agent<'_> {
                 eprintln!("[turn {turn}/{}] thinking on {prompt_tokens} prompt tokens{what}…", self.cfg.max_turns);
             }
             let t = Instant::now();
-            let reply = self.brain.reply(&messages, tools, self.cfg.max_reply_tokens)?;
+            let reply = self.brain.reply(
+                &messages,
+                tools,
+                self.cfg.max_reply_tokens,
+                turn == 1 && self.cfg.search_first && tools.is_some(),
+            )?;
             let model_ms = since_ms(t);
             stats.model_ms += model_ms;
             stats.prompt_tokens += reply.prompt_tokens;
@@ -297,7 +311,10 @@ impl Agent<'_> {
             assistant["tool_calls"] = Value::Array(calls);
         }
         let feedback = (!errors.is_empty()).then(|| {
-            format!("{}\nCall a tool as <tool_call>{{\"name\": \"search\", \"arguments\": {{\"query\": \"...\"}}}}</tool_call>.", errors.join("\n"))
+            format!(
+                "{}\nWrite one <tool_call> block holding a JSON object with \"name\" and \"arguments\".",
+                errors.join("\n")
+            )
         });
         Ok(Turn::new(turn, assistant, results, feedback, notes.join(" | ")))
     }

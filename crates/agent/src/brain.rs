@@ -26,13 +26,25 @@ pub struct Reply {
     pub finish: String,
 }
 
+/// The name of the first tool offered (the one a required first call goes to).
+fn first_tool(tools: Option<&Value>) -> Option<&str> {
+    tools?.get(0)?.pointer("/function/name")?.as_str()
+}
+
 pub trait Brain {
     fn describe(&self) -> String;
     /// Context window in tokens (prompt + reply).
     fn window(&self) -> usize;
     /// Tokens the prompt for these messages and tools takes.
     fn count_tokens(&mut self, messages: &Value, tools: Option<&Value>) -> Result<usize>;
-    fn reply(&mut self, messages: &Value, tools: Option<&Value>, max_tokens: usize) -> Result<Reply>;
+    /// `require_tool`: the reply must call the first tool offered (a named OpenAI `tool_choice`).
+    fn reply(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        max_tokens: usize,
+        require_tool: bool,
+    ) -> Result<Reply>;
 }
 
 /// A model loaded in this process. Keeps one KV-cache session, so each turn only prefills what was
@@ -63,13 +75,29 @@ impl Brain for EngineBrain<'_> {
         Ok(chat_prompt(&self.lm.text, self.lm.template.as_ref(), messages, tools, true)?.ids.len())
     }
 
-    fn reply(&mut self, messages: &Value, tools: Option<&Value>, max_tokens: usize) -> Result<Reply> {
-        let prompt = chat_prompt(&self.lm.text, self.lm.template.as_ref(), messages, tools, true)?;
+    fn reply(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        max_tokens: usize,
+        require_tool: bool,
+    ) -> Result<Reply> {
+        let mut prompt = chat_prompt(&self.lm.text, self.lm.template.as_ref(), messages, tools, true)?;
+        // A required call: the reply starts inside the Hermes `<tool_call>` block with the name and
+        // an open arguments object (Qwen2.5, Nanbeige4.1), as the server does for a named tool_choice.
+        let forced = match first_tool(tools) {
+            Some(name) if require_tool => format!("<tool_call>\n{{\"name\": {}, \"arguments\": {{", json!(name)),
+            _ => String::new(),
+        };
+        if !forced.is_empty() {
+            prompt.ids.extend(self.lm.text.tokenizer.encode(&forced, false)?);
+        }
         let mut params = self.params.clone();
         params.max_tokens = Some(max_tokens);
         let cancel = self.cancel.as_deref();
         let g = generate(self.lm, &mut self.session, &prompt.ids, prompt.opened_think, &params, cancel, &mut |_| {})?;
-        let parsed = parse_reply(&g.text, prompt.opened_think, tools.is_some());
+        let text = format!("{forced}{}", g.text);
+        let parsed = parse_reply(&text, prompt.opened_think, tools.is_some());
         let finish = match g.finish_reason {
             nanbeige_engine::FinishReason::Stop if !parsed.tool_calls.is_empty() => "tool_calls",
             nanbeige_engine::FinishReason::Stop => "stop",
@@ -77,7 +105,7 @@ impl Brain for EngineBrain<'_> {
             nanbeige_engine::FinishReason::Cancelled => "cancelled",
         };
         Ok(Reply {
-            text: g.text,
+            text,
             content: parsed.content,
             reasoning: parsed.reasoning,
             tool_calls: parsed.tool_calls,
@@ -173,8 +201,17 @@ impl Brain for EndpointBrain {
         Ok((bytes as f64 * self.tokens_per_byte).ceil() as usize)
     }
 
-    fn reply(&mut self, messages: &Value, tools: Option<&Value>, max_tokens: usize) -> Result<Reply> {
-        let body = self.body(messages, tools, max_tokens);
+    fn reply(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        max_tokens: usize,
+        require_tool: bool,
+    ) -> Result<Reply> {
+        let mut body = self.body(messages, tools, max_tokens);
+        if let Some(name) = first_tool(tools).filter(|_| require_tool) {
+            body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+        }
         let mut req = self.http.post(&self.url).header("Content-Type", "application/json");
         if let Some(k) = &self.api_key {
             req = req.header("Authorization", &format!("Bearer {k}"));

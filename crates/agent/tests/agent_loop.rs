@@ -47,7 +47,14 @@ impl Brain for Scripted {
     fn count_tokens(&mut self, messages: &Value, tools: Option<&Value>) -> Result<usize> {
         Ok(count(messages, tools))
     }
-    fn reply(&mut self, messages: &Value, tools: Option<&Value>, max_tokens: usize) -> Result<Reply> {
+    fn reply(
+        &mut self,
+        messages: &Value,
+        tools: Option<&Value>,
+        max_tokens: usize,
+        require_tool: bool,
+    ) -> Result<Reply> {
+        assert_eq!(require_tool, self.turn == 0 && tools.is_some(), "only the first reply is required to call a tool");
         self.turn += 1;
         let n = count(messages, tools);
         assert!(

@@ -7,6 +7,8 @@ mod data;
 mod eval;
 mod index;
 mod inspect;
+mod mcp;
+mod research;
 mod run;
 mod serve;
 mod synth;
@@ -54,6 +56,11 @@ enum Cmd {
     /// Evaluate a model or endpoint (math, countdown, code pass@k, mc, tool calls) with 95% CIs;
     /// `eval compare A.jsonl B.jsonl` compares two runs.
     Eval(eval::EvalArgs),
+    /// Deep-search agent: the model searches an index (--index) or the web (--web), reads, runs
+    /// Python, and answers with numbered citations.
+    Research(research::ResearchArgs),
+    /// Serve the agent's tools (search, visit, python) over the Model Context Protocol on stdio.
+    Mcp(mcp::McpArgs),
     /// Fine-tune (`train sft`, full or LoRA) or distill (`train distill`) a model on chat JSONL.
     Train(train::TrainArgs),
 }
@@ -170,6 +177,8 @@ fn main() {
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Data(a) => data::data(a),
         Cmd::Eval(a) => eval::eval(a),
+        Cmd::Research(a) => research::research(a),
+        Cmd::Mcp(a) => mcp::mcp(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Index(a) => index::index(a),
