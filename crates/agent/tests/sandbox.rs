@@ -13,7 +13,9 @@ fn processes_of(uid: u32) -> Vec<String> {
     let mut found = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
-            let field = |k: &str| s.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).unwrap_or_default();
+            let field = |k: &str| {
+                s.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).unwrap_or_default()
+            };
             if field("Uid:").split_whitespace().next() == Some(uid.to_string().as_str()) {
                 found.push(format!("{:?} {}", e.file_name(), field("State:")));
             }
