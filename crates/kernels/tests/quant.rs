@@ -56,8 +56,16 @@ fn packed_rows_decode_like_ggml_and_candle() {
                 w.dequantize_row(r, &mut row);
                 for i in 0..k {
                     let (got, want, c) = (row[i], reference[r * k + i], candle[r * k + i]);
-                    assert!(got.to_bits() == want.to_bits(), "{} {n}x{k} row {r} elem {i}: packed {got}, ggml {want}", f.name());
-                    assert!(got.to_bits() == c.to_bits(), "{} {n}x{k} row {r} elem {i}: packed {got}, candle {c}", f.name());
+                    assert!(
+                        got.to_bits() == want.to_bits(),
+                        "{} {n}x{k} row {r} elem {i}: packed {got}, ggml {want}",
+                        f.name()
+                    );
+                    assert!(
+                        got.to_bits() == c.to_bits(),
+                        "{} {n}x{k} row {r} elem {i}: packed {got}, candle {c}",
+                        f.name()
+                    );
                 }
             }
         }
@@ -168,7 +176,9 @@ fn matmul_matches_references_on_every_path() {
         let kb = if f.is_kquant() { 3 } else { 7 };
         // Odd n (short last 16-row group), m covering GEMV, partial and full micro-tiles, and
         // one call spanning several activation chunks.
-        for (m, n, k) in [(1, 37, kb * bl), (1, 1, bl), (3, 19, kb * bl), (17, 45, bl), (69, 21, kb * bl), (300, 33, kb * bl)] {
+        for (m, n, k) in
+            [(1, 37, kb * bl), (1, 1, bl), (3, 19, kb * bl), (17, 45, bl), (69, 21, kb * bl), (300, 33, kb * bl)]
+        {
             check_matmul(&mut rng, f, m, n, k);
         }
     }
@@ -219,4 +229,27 @@ fn isa_names_parse() {
     assert_eq!(Isa::parse("AVX512"), Some(Isa::Avx512));
     assert_eq!(Isa::parse("neon"), None);
     assert!(Isa::Scalar.is_supported());
+}
+
+/// A row's result must not depend on which other rows share the call: a prompt split across
+/// calls (prefix cache, chunked prefill, decode) has to give the same numbers.
+#[test]
+fn each_row_is_independent_of_the_batch() {
+    let mut rng = common::rng("batch_independence");
+    for f in Format::ALL {
+        let (n, k) = (48, 2 * f.block_len().max(256));
+        let w = PackedMatrix::from_gguf(f, n, k, &common::random_blocks(&mut rng, f, n, k)).unwrap();
+        for &m in &[2usize, 9, 33] {
+            let x = common::random_acts(&mut rng, m, k);
+            for isa in nanbeige_kernels::supported_isas() {
+                let mut y = vec![0f32; m * n];
+                nanbeige_kernels::matmul_isa(isa, &w, &x, m, &mut y);
+                for r in [0, m / 2, m - 1] {
+                    let mut y1 = vec![0f32; n];
+                    nanbeige_kernels::matmul_isa(isa, &w, &x[r * k..(r + 1) * k], 1, &mut y1);
+                    assert_eq!(&y[r * n..(r + 1) * n], &y1[..], "{f:?} {isa:?} m={m} row {r}");
+                }
+            }
+        }
+    }
 }

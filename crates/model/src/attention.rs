@@ -14,9 +14,6 @@ use std::ops::Range;
 
 /// Below this much work (positions x heads x head_dim) threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
-/// Positions per work item: big enough to amortise a softmax merge, small enough to split 8K
-/// tokens across both cores.
-const CHUNK: usize = 512;
 
 /// Run `f` on the f32 data of a CPU tensor, from its first element on.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -115,14 +112,6 @@ fn matmul(
             gemm::Parallelism::None,
         );
     }
-}
-
-/// Softmax state of one query head over a range of positions: running max, sum of exponentials
-/// and the unnormalised weighted sum of values.
-struct Partial {
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    acc: Vec<f32>,
 }
 
 /// scores[r * n + j] = scale * q_r . k_j
@@ -230,100 +219,6 @@ unsafe fn pv_avx512<const RG: usize>(
     }
 }
 
-/// The `rep` query heads `q` (rep * hd) that share kv head `g`, over positions `range`: two small
-/// matrix products (scores = Q K^T, then P V), so each key and value row is read once for all of
-/// them.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn chunk_body<R: Rows>(
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    range: Range<usize>,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Partial {
-    let n = range.len();
-    let mut buf = Vec::new();
-    let mut scores = vec![0f32; rep * n];
-    let kb = k.block(g, range.clone(), &mut buf);
-    // scores (rep x n) = scale * Q (rep x hd) . K^T (hd x n)
-    qk(rep, n, hd, &mut scores, q, kb, scale);
-    let mut p = Partial { max: vec![f32::NEG_INFINITY; rep], sum: vec![0.0; rep], acc: vec![0.0; rep * hd] };
-    for r in 0..rep {
-        let s = &mut scores[r * n..(r + 1) * n];
-        let m = max_of(s, f32::NEG_INFINITY);
-        let sum = exp_shifted_sum(s, m);
-        p.max[r] = m;
-        p.sum[r] = sum;
-    }
-    let vb = v.block(g, range, &mut buf);
-    // acc (rep x hd) = P (rep x n) . V (n x hd)
-    pv(rep, hd, n, &mut p.acc, &scores, vb);
-    p
-}
-
-/// `chunk_body` compiled for the widest vector ISA the CPU has (the crate itself is built for
-/// baseline x86-64, where these loops would run 4 floats wide).
-#[allow(clippy::too_many_arguments)]
-fn chunk<R: Rows>(
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    range: Range<usize>,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Partial {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // Safety: the CPU has AVX-512F (checked just above).
-            return unsafe { chunk_avx512(q, k, v, g, range, rep, hd, scale) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // Safety: the CPU has AVX2 and FMA.
-            return unsafe { chunk_avx2(q, k, v, g, range, rep, hd, scale) };
-        }
-    }
-    chunk_body(q, k, v, g, range, rep, hd, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_avx512<R: Rows>(
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    range: Range<usize>,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Partial {
-    chunk_body(q, k, v, g, range, rep, hd, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_avx2<R: Rows>(
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    range: Range<usize>,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Partial {
-    chunk_body(q, k, v, g, range, rep, hd, scale)
-}
-
 /// max(init, max of x), 16 independent lanes so it vectorizes (a plain fold is a serial chain).
 #[inline(always)]
 fn max_of(x: &[f32], init: f32) -> f32 {
@@ -375,41 +270,13 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// Attention of one query token (`q`: nh * hd, roped) over the first `t` cached positions.
-/// Work is split by kv head and by chunks of positions (each chunk its own softmax, merged after),
-/// so both cores stay busy at any depth and each cached row is read once per step.
+/// It is `prefill` with one query row, on purpose: the same key chunks, the same arithmetic in the
+/// same order, so a token's logits do not depend on whether it was decoded alone or prefilled with
+/// others (a prefix-cache hit must not change what a seeded request samples; with int8
+/// activations any last-bit difference can flip a rounding and grow through the layers).
 /// Returns nh * hd values.
 pub(crate) fn decode<R: Rows>(q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
-    let rep = nh / nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let chunks = t.div_ceil(CHUNK).max(1);
-    let items: Vec<(usize, usize)> = (0..nkv).flat_map(|g| (0..chunks).map(move |c| (g, c))).collect();
-    let work = |&(g, c): &(usize, usize)| {
-        let range = c * CHUNK..((c + 1) * CHUNK).min(t);
-        chunk(&q[g * rep * hd..(g + 1) * rep * hd], k, v, g, range, rep, hd, scale)
-    };
-    let parts: Vec<Partial> = if t * nh * hd >= PARALLEL_MIN_WORK {
-        items.par_iter().map(work).collect()
-    } else {
-        items.iter().map(work).collect()
-    };
-    let mut out = vec![0f32; nh * hd];
-    for g in 0..nkv {
-        let parts = &parts[g * chunks..(g + 1) * chunks];
-        for r in 0..rep {
-            let m = parts.iter().map(|p| p.max[r]).fold(f32::NEG_INFINITY, f32::max);
-            let o = &mut out[(g * rep + r) * hd..(g * rep + r + 1) * hd];
-            let mut sum = 0f32;
-            for p in parts {
-                let w = (p.max[r] - m).exp();
-                sum += w * p.sum[r];
-                for (x, a) in o.iter_mut().zip(&p.acc[r * hd..(r + 1) * hd]) {
-                    *x += w * a;
-                }
-            }
-            o.iter_mut().for_each(|x| *x /= sum);
-        }
-    }
-    out
+    prefill(q, k, v, 1, t - 1, nh, nkv, hd)
 }
 
 /// Query rows per prefill work item (times the query heads of one kv head).
@@ -441,7 +308,11 @@ pub(crate) fn prefill<R: Rows>(
         let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
         (g, i0, prefill_block_dispatch(q, k, v, g, i0..i1, s, start, rep, hd, scale))
     };
-    let parts: Vec<(usize, usize, Vec<f32>)> = items.par_iter().map(work).collect();
+    let parts: Vec<(usize, usize, Vec<f32>)> = if s * (start + s) * nh * hd >= PARALLEL_MIN_WORK {
+        items.par_iter().map(work).collect()
+    } else {
+        items.iter().map(work).collect()
+    };
     let mut out = vec![0f32; s * nh * hd];
     for (g, i0, acc) in parts {
         let rows = acc.len() / (rep * hd);
@@ -532,7 +403,9 @@ fn prefill_block<R: Rows>(
         let c1 = (c0 + PREFILL_KEYS).min(keys);
         let n = c1 - c0;
         let kb = k.block(g, c0..c1, &mut kbuf);
-        matmul(m_rows, n, hd, &mut scores[..m_rows * n], &qb, hd, 1, kb, 1, hd, scale);
+        // The same kernel as a decode step (not a GEMM): per score, the same operations in the same
+        // order whatever the number of query rows.
+        qk(m_rows, n, hd, &mut scores[..m_rows * n], &qb, kb, scale);
         for r in 0..rep {
             for i in 0..nr {
                 let row = r * nr + i;
@@ -619,12 +492,12 @@ mod tests {
 
     #[test]
     fn chunked_grouped_decode_matches_plain_softmax() {
-        // Odd sizes, several chunks (t > 2 * CHUNK), grouped heads, both the serial and parallel paths.
+        // Odd sizes, several chunks (t > 2 key chunks), grouped heads, both the serial and parallel paths.
         let mut seed = 7;
         for &(t, nh, nkv, hd) in &[
             (5usize, 3usize, 1usize, 7usize),
             (1300, 6, 2, 20),
-            (2 * CHUNK, 4, 4, 33),
+            (2 * PREFILL_KEYS + 7, 4, 4, 33),
             (1300, 10, 2, 64),
             (600, 5, 1, 128),
             (9, 7, 1, 64),

@@ -13,7 +13,7 @@ use crate::rope::RopeTables;
 use crate::weights::{LoadOptions, Weight, WeightSource};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, Var, D};
 use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -37,6 +37,16 @@ const DEFAULT_ROPE_POSITIONS: usize = 32768;
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// Low-rank adapter for LoRA training: y += scale * (x A^T) B^T. None for inference.
+    lora: Option<Lora>,
+}
+
+/// A LoRA adapter: `a` (rank, in), `b` (out, rank), trained while the base weight stays frozen.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -90,7 +100,7 @@ impl Linear {
                 None => LinearWeight::Quant(QMatMul::from_arc(q)?),
             },
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, lora: None })
     }
 
     /// x: (..., in) f32 -> (..., out) f32.
@@ -137,10 +147,53 @@ impl Linear {
             }
             LinearWeight::Quant(q) => q.forward(x)?,
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => {
+                let dims = x.dims().to_vec();
+                let (rows, k) = (x.elem_count() / dims[dims.len() - 1], dims[dims.len() - 1]);
+                let low = x.reshape((rows, k))?.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+                (y + (low * l.scale)?.reshape(out_shape(x, l.b.dims()[0]))?)?
+            }
+            None => y,
         })
+    }
+
+    /// Make the float weight a trainable `Var` (in place; the model then reads the Var's storage).
+    fn make_var(&mut self, name: &str) -> Result<Var> {
+        let LinearWeight::Float(w) = &self.weight else {
+            bail!("`{name}` is quantized; training needs float weights (load the GGUF dequantized)")
+        };
+        let v = Var::from_tensor(w)?;
+        self.weight = LinearWeight::Float(v.as_tensor().clone());
+        Ok(v)
+    }
+
+    /// The weight as used: with a LoRA adapter, W + scale * B A (a new tensor; nothing changes).
+    pub fn effective_weight(&self) -> Result<Option<Tensor>> {
+        let LinearWeight::Float(w) = &self.weight else { return Ok(None) };
+        Ok(Some(match &self.lora {
+            Some(l) => {
+                let delta =
+                    (l.b.as_tensor().to_dtype(DType::F32)?.matmul(&l.a.as_tensor().to_dtype(DType::F32)?)? * l.scale)?;
+                (w.to_dtype(DType::F32)?.detach() + delta)?.to_dtype(w.dtype())?
+            }
+            None => w.detach(),
+        }))
+    }
+
+    /// Fold the LoRA adapter into the weight (W += scale * B A) and drop it.
+    fn merge_lora(&mut self) -> Result<()> {
+        if self.lora.is_some() {
+            if let Some(merged) = self.effective_weight()? {
+                self.weight = LinearWeight::Float(merged);
+            }
+        }
+        self.lora = None;
+        Ok(())
     }
 
     pub fn float_weight(&self) -> Option<&Tensor> {
@@ -342,10 +395,26 @@ impl Llama {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
         }
         let mask = causal_mask(s, start, self.cfg.num_heads / self.cfg.num_kv_heads)?;
+        let h = self.run_blocks(ids, start, None, cache.as_deref_mut(), mask.as_ref())?;
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        Ok(h)
+    }
+
+    /// The decoder stack and final norm. `pos` (per-token positions) overrides `start` for RoPE.
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        pos: Option<&Tensor>,
+        mut cache: Option<&mut Cache>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut x = self.embed(ids)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.attn_norm, self.cfg.rms_norm_eps, self.differentiable)?;
-            let a = self.attention(l, &block.attn, &h, start, cache.as_deref_mut(), mask.as_ref())?;
+            let a = self.attention(l, &block.attn, &h, start, pos, cache.as_deref_mut(), mask)?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.ffn_norm, self.cfg.rms_norm_eps, self.differentiable)?;
             let m = &block.mlp;
@@ -354,10 +423,33 @@ impl Llama {
             let f = m.down.forward(&(g * m.up.forward(&h)?)?)?;
             x = (x + f)?;
         }
-        if let Some(c) = cache {
-            c.len += s;
-        }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.differentiable)
+    }
+
+    /// Final hidden states (1, n, hidden) of several sequences packed into one row: `positions[i]`
+    /// is token i's position in its own sequence and `segments[i]` names that sequence; a token
+    /// attends only to earlier tokens of its own segment (block-diagonal causal mask), so the
+    /// result equals running each sequence alone. Training uses this to fill a batch without padding.
+    pub fn hidden_packed(&self, ids: &[u32], positions: &[u32], segments: &[u32]) -> Result<Tensor> {
+        let s = ids.len();
+        if s == 0 || positions.len() != s || segments.len() != s {
+            bail!("packed forward: {} ids, {} positions, {} segments", s, positions.len(), segments.len());
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= self.rope.len()) {
+            bail!("context overflow: position {p} exceeds the model's {} positions", self.rope.len());
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
+        }
+        let mask = packed_mask(segments, self.cfg.num_heads / self.cfg.num_kv_heads)?;
+        let ids = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let pos = Tensor::new(positions, &Device::Cpu)?;
+        self.run_blocks(&ids, 0, Some(&pos), None, Some(&mask))
+    }
+
+    /// Logits (1, n, vocab) of a packed row; see `hidden_packed`.
+    pub fn forward_packed(&self, ids: &[u32], positions: &[u32], segments: &[u32]) -> Result<Tensor> {
+        self.lm_head.forward(&self.hidden_packed(ids, positions, segments)?)
     }
 
     /// Logits for every position, (batch, seq, vocab).
@@ -389,12 +481,14 @@ impl Llama {
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: usize,
         a: &Attention,
         x: &Tensor,
         start: usize,
+        pos: Option<&Tensor>,
         cache: Option<&mut Cache>,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -404,7 +498,7 @@ impl Llama {
         let q = a.q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?;
         let k = a.k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
         let v = a.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-        a.o.forward(&self.attend(layer, q, k, v, start, cache, mask)?)
+        a.o.forward(&self.attend(layer, q, k, v, start, pos, cache, mask)?)
     }
 
     /// Attention of one sequence given its projected q (b, nh, s, hd), k and v (b, nkv, s, hd):
@@ -417,13 +511,20 @@ impl Llama {
         k: Tensor,
         v: Tensor,
         start: usize,
+        pos: Option<&Tensor>,
         cache: Option<&mut Cache>,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, nh, s, hd) = q.dims4()?;
         let nkv = cfg.num_kv_heads;
-        let (q, k) = if self.differentiable {
+        let (q, k) = if let Some(p) = pos {
+            let il = cfg.rope_interleaved;
+            (
+                self.rope.apply_at(&q.contiguous()?, p, il, self.differentiable)?,
+                self.rope.apply_at(&k.contiguous()?, p, il, self.differentiable)?,
+            )
+        } else if self.differentiable {
             (
                 self.rope.apply_slow(&q.contiguous()?, start, cfg.rope_interleaved)?,
                 self.rope.apply_slow(&k.contiguous()?, start, cfg.rope_interleaved)?,
@@ -497,7 +598,7 @@ impl Llama {
                     let ki = k.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
                     let vi = v.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
                     let start = cache.len;
-                    outs.push(self.attend(l, qi, ki, vi, start, Some(&mut **cache), None)?);
+                    outs.push(self.attend(l, qi, ki, vi, start, None, Some(&mut **cache), None)?);
                 }
                 Tensor::cat(&outs, 0)?
             } else {
@@ -540,6 +641,164 @@ impl Llama {
         Ok(logits.to_vec2::<f32>()?)
     }
 
+    /// Every linear layer with its HF module name (`model.layers.0.self_attn.q_proj`, `lm_head`).
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut v = Vec::new();
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.self_attn.q_proj"), &mut b.attn.q));
+            v.push((format!("{p}.self_attn.k_proj"), &mut b.attn.k));
+            v.push((format!("{p}.self_attn.v_proj"), &mut b.attn.v));
+            v.push((format!("{p}.self_attn.o_proj"), &mut b.attn.o));
+            v.push((format!("{p}.mlp.gate_proj"), &mut b.mlp.gate));
+            v.push((format!("{p}.mlp.up_proj"), &mut b.mlp.up));
+            v.push((format!("{p}.mlp.down_proj"), &mut b.mlp.down));
+        }
+        v.push(("lm_head".to_string(), &mut self.lm_head));
+        v
+    }
+
+    /// Whether the LM head is the embedding matrix itself (tied embeddings).
+    fn head_is_tied(&self) -> bool {
+        match (&self.embed, self.lm_head.float_weight()) {
+            (Embedding::Float(e), Some(h)) => e.id() == h.id(),
+            _ => false,
+        }
+    }
+
+    /// Make every weight a trainable `Var` (full fine-tuning) and return them under their HF tensor
+    /// names. The model keeps reading the same storage, so an optimizer updating the Vars updates
+    /// the model. A tied LM head shares the embedding's Var and is not listed twice.
+    /// Turns on the differentiable path. Quantized weights are an error.
+    pub fn trainable_vars(&mut self) -> Result<Vec<(String, Var)>> {
+        self.differentiable = true;
+        let tied = self.head_is_tied();
+        let mut out = Vec::new();
+        let embed = match &self.embed {
+            Embedding::Float(t) => Var::from_tensor(t)?,
+            _ => bail!("the embedding is quantized; training needs float weights (load the GGUF dequantized)"),
+        };
+        self.embed = Embedding::Float(embed.as_tensor().clone());
+        out.push(("model.embed_tokens.weight".to_string(), embed.clone()));
+        for b in self.blocks.iter_mut() {
+            for norm in [&mut b.attn_norm, &mut b.ffn_norm] {
+                let v = Var::from_tensor(norm)?;
+                *norm = v.as_tensor().clone();
+            }
+        }
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), Var::from_tensor(&b.attn_norm)?));
+            out.push((format!("{p}.post_attention_layernorm.weight"), Var::from_tensor(&b.ffn_norm)?));
+        }
+        let norm = Var::from_tensor(&self.norm)?;
+        self.norm = norm.as_tensor().clone();
+        out.push(("model.norm.weight".to_string(), norm));
+        for (name, lin) in self.linears_mut() {
+            if name == "lm_head" && tied {
+                lin.weight = LinearWeight::Float(embed.as_tensor().clone());
+                continue;
+            }
+            let v = lin.make_var(&name)?;
+            out.push((format!("{name}.weight"), v));
+            if let Some(bias) = &lin.bias {
+                let bv = Var::from_tensor(bias)?;
+                lin.bias = Some(bv.as_tensor().clone());
+                out.push((format!("{name}.bias"), bv));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attach LoRA adapters of rank `rank` (scale alpha / rank) to the linear layers whose HF module
+    /// name ends with one of `targets` (e.g. "q_proj", "down_proj"); A is small random (seeded), B
+    /// zero, so the model starts unchanged. Returns the adapter Vars (`<module>.lora_A` / `.lora_B`).
+    /// Base weights stay frozen. Turns on the differentiable path.
+    pub fn add_lora(&mut self, rank: usize, alpha: f64, targets: &[&str], seed: u64) -> Result<Vec<(String, Var)>> {
+        if rank == 0 {
+            bail!("LoRA rank must be at least 1");
+        }
+        self.differentiable = true;
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::new();
+        for (name, lin) in self.linears_mut() {
+            if !targets.iter().any(|t| name.ends_with(t)) {
+                continue;
+            }
+            let Some(w) = lin.float_weight() else {
+                bail!("`{name}` is quantized; LoRA training needs float base weights (load the GGUF dequantized)")
+            };
+            let (n, k) = w.dims2()?;
+            // Kaiming-uniform-like init as peft: U(-1/sqrt(k), 1/sqrt(k)), from a small xorshift so
+            // the same seed gives the same adapter everywhere.
+            let bound = 1.0 / (k as f64).sqrt();
+            let a: Vec<f32> = (0..rank * k)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    ((rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * bound as f32
+                })
+                .collect();
+            let a = Var::from_vec(a, (rank, k), &Device::Cpu)?;
+            let b = Var::zeros((n, rank), DType::F32, &Device::Cpu)?;
+            out.push((format!("{name}.lora_A"), a.clone()));
+            out.push((format!("{name}.lora_B"), b.clone()));
+            lin.lora = Some(Lora { a, b, scale: alpha / rank as f64 });
+        }
+        if out.is_empty() {
+            bail!("no linear layer matches the LoRA targets {targets:?}");
+        }
+        Ok(out)
+    }
+
+    /// Fold every LoRA adapter into its base weight (W += scale * B A) and remove the adapters.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for (_, lin) in self.linears_mut() {
+            lin.merge_lora()?;
+        }
+        Ok(())
+    }
+
+    /// Every weight as a float tensor under its HF name (a tied LM head is left out), for saving.
+    /// LoRA adapters are folded in (the weights as the model uses them); the model is unchanged.
+    pub fn float_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        match &self.embed {
+            Embedding::Float(t) => out.push(("model.embed_tokens.weight".to_string(), t.detach())),
+            _ => bail!("the embedding is quantized; only float models can be saved"),
+        }
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), b.attn_norm.detach()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.ffn_norm.detach()));
+            let lins = [
+                ("self_attn.q_proj", &b.attn.q),
+                ("self_attn.k_proj", &b.attn.k),
+                ("self_attn.v_proj", &b.attn.v),
+                ("self_attn.o_proj", &b.attn.o),
+                ("mlp.gate_proj", &b.mlp.gate),
+                ("mlp.up_proj", &b.mlp.up),
+                ("mlp.down_proj", &b.mlp.down),
+            ];
+            for (n, lin) in lins {
+                let w = lin
+                    .effective_weight()?
+                    .with_context(|| format!("{p}.{n} is quantized; only float models can be saved"))?;
+                out.push((format!("{p}.{n}.weight"), w));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{n}.bias"), bias.detach()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.detach()));
+        if !self.head_is_tied() {
+            let w = self.lm_head.effective_weight()?.context("lm_head is quantized; only float models can be saved")?;
+            out.push(("lm_head.weight".to_string(), w));
+        }
+        Ok(out)
+    }
+
     /// Describe each weight's storage for `info`: (what, type) pairs of the first block and heads.
     pub fn weight_types(&self) -> Vec<(&'static str, String)> {
         let t = |l: &Linear| l.type_name();
@@ -556,6 +815,21 @@ impl Llama {
         v.push(("lm_head", t(&self.lm_head)));
         v
     }
+}
+
+/// Additive block-diagonal causal mask for a packed row, in the GQA row-stacked layout: (rep * s, s).
+fn packed_mask(segments: &[u32], rep: usize) -> Result<Tensor> {
+    let s = segments.len();
+    let mut m = vec![0f32; rep * s * s];
+    for r in 0..rep * s {
+        let i = r % s;
+        for j in 0..s {
+            if j > i || segments[j] != segments[i] {
+                m[r * s + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (rep * s, s), &Device::Cpu)?)
 }
 
 /// Additive causal mask for `s` new queries starting at absolute position `start`, laid out for

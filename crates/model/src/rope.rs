@@ -149,6 +149,19 @@ impl RopeTables {
         Ok(())
     }
 
+    /// Rotate q or k (batch, heads, seq, head_dim) at explicit per-token positions (u32, seq), for
+    /// packed sequences whose positions restart; `slow` picks the differentiable ops.
+    pub fn apply_at(&self, x: &Tensor, positions: &Tensor, interleaved: bool, slow: bool) -> Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        match (interleaved, slow) {
+            (true, true) => candle_nn::rotary_emb::rope_i_slow(x, &cos, &sin),
+            (false, true) => candle_nn::rotary_emb::rope_slow(x, &cos, &sin),
+            (true, false) => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin),
+            (false, false) => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin),
+        }
+    }
+
     /// Differentiable rotation with plain tensor ops, for training (the fused kernels have no backward).
     pub fn apply_slow(&self, x: &Tensor, start: usize, interleaved: bool) -> Result<Tensor> {
         let seq = x.dims()[2];

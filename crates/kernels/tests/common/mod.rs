@@ -12,7 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("NANBEIGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    let seed =
+        std::env::var("NANBEIGE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
     eprintln!("{test}: NANBEIGE_TEST_SEED={seed}");
     StdRng::seed_from_u64(seed)
 }

@@ -91,6 +91,12 @@ impl Tokenizer {
             .map_err(|e| anyhow!("detokenizing failed: {e}"))
     }
 
+    /// The tokenizer as `tokenizer.json` text (for saving a model directory, e.g. one converted
+    /// from GGUF).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| anyhow!("serializing the tokenizer: {e}"))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
