@@ -5,8 +5,9 @@
 //! candidate prints cannot pass for a result). A crash, timeout or `exit()` in the candidate simply
 //! leaves the remaining tests failed.
 //!
-//! The Python process itself is started by `run_python` below: a child with resource limits and a
-//! wall-clock kill. Not here: network/filesystem isolation (the agent crate's sandbox provides that).
+//! The Python process itself is started by `run_python` below, in the agent crate's sandbox (no
+//! network, own namespaces and uid, limits), or where that cannot be set up (not root) in a plain
+//! child with resource limits and a wall-clock kill.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -108,9 +109,35 @@ fn nonce() -> u64 {
     crate::rng::Rng::new(t ^ (std::process::id() as u64) << 32 ^ N.fetch_add(1, Ordering::Relaxed)).next_u64()
 }
 
+/// Run a test script: in the agent's sandbox (no network, own pid/mount namespaces, a fresh
+/// unprivileged uid, rlimits, wall-clock kill) where this machine allows it; where it cannot
+/// create namespaces (not root), in a plain rlimited child process, with one warning.
+/// Returns (stdout, timed out).
+pub fn run_python(script: &str, timeout: Duration) -> Result<(String, bool)> {
+    static FALLBACK: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if FALLBACK.get().is_none() {
+        let limits = nanbeige_agent::sandbox::Limits {
+            wall: timeout,
+            cpu_secs: timeout.as_secs().max(1),
+            memory_bytes: 1 << 30,
+            max_file_bytes: 1 << 20,
+            max_output_bytes: 1 << 20,
+            ..Default::default()
+        };
+        match nanbeige_agent::sandbox::run_python(script, &limits) {
+            Ok(o) => return Ok((o.stdout, o.timed_out)),
+            Err(e) if e.to_string().contains("sandbox unavailable") => {
+                FALLBACK.get_or_init(|| eprintln!("warning: {e}; code tests run in a plain rlimited process"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    run_python_plain(script, timeout)
+}
+
 /// Python in a child process with CPU/memory/file-size limits (set by a tiny preamble before the
 /// script runs) and a wall-clock kill. Returns (stdout, timed out).
-pub fn run_python(script: &str, timeout: Duration) -> Result<(String, bool)> {
+fn run_python_plain(script: &str, timeout: Duration) -> Result<(String, bool)> {
     let cpu = timeout.as_secs().max(1);
     let preamble = format!(
         "import resource as _r\nfor _k, _v in ((_r.RLIMIT_CPU, {cpu}), (_r.RLIMIT_AS, 1 << 30), (_r.RLIMIT_FSIZE, 1 << 20)):\n    _r.setrlimit(_k, (_v, _v))\ndel _r, _k, _v\n"
