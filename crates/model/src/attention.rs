@@ -275,6 +275,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// others (a prefix-cache hit must not change what a seeded request samples; with int8
 /// activations any last-bit difference can flip a rounding and grow through the layers).
 /// Returns nh * hd values.
+#[cfg(test)]
 pub(crate) fn decode<R: Rows>(q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
     prefill(q, k, v, 1, t - 1, nh, nkv, hd)
 }

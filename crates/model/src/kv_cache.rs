@@ -262,7 +262,8 @@ impl Cache {
         })
     }
 
-    /// `attend_decode` on plain slices: `q` is nh * hd roped values; returns nh * hd.
+    /// `attend_decode` on plain slices: `q` is nh * hd roped values; returns nh * hd. The same
+    /// routine as a prompt chunk (one query row), so results do not depend on the split.
     pub(crate) fn attend_decode_row(
         &self,
         layer: usize,
@@ -272,19 +273,7 @@ impl Cache {
         nkv: usize,
         hd: usize,
     ) -> Result<Vec<f32>> {
-        Ok(match &self.layers[layer] {
-            Some(LayerKv::F32 { k, v }) => {
-                let cap = k.dims()[2];
-                attention::with_f32(k, |kd| {
-                    attention::with_f32(v, |vd| {
-                        let (kr, vr) = (F32Rows { data: kd, cap, hd }, F32Rows { data: vd, cap, hd });
-                        attention::decode(q, &kr, &vr, t, nh, nkv, hd)
-                    })
-                })??
-            }
-            Some(LayerKv::Q8 { k, v }) => attention::decode(q, &k.rows(nkv, hd), &v.rows(nkv, hd), t, nh, nkv, hd),
-            None => bail!("kv cache: layer {layer} is empty"),
-        })
+        self.attend_prefill_row(layer, q, 1, t - 1, nh, nkv, hd)
     }
 
     /// Single-query attention of `q` (1, nh, 1, hd) over the first `t` cached positions of
