@@ -181,7 +181,7 @@ impl Agent<'_> {
             stats.prompt_tokens += reply.prompt_tokens;
             stats.completion_tokens += reply.completion_tokens;
             self.log.event("model_output", turn, json!({"text": reply.text, "content": reply.content, "reasoning": reply.reasoning,
-                "tool_calls": calls_json(&reply.tool_calls), "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                "tool_calls": Value::Array(reply.tool_calls.iter().map(ToolCallItem::to_json).collect()), "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                 "finish_reason": reply.finish, "ms": model_ms}))?;
 
             if forced.is_some() || reply.tool_calls.is_empty() {
@@ -335,18 +335,6 @@ fn brief_args(args: &Value) -> String {
     } else {
         s
     }
-}
-
-fn calls_json(calls: &[ToolCallItem]) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .map(|c| match c {
-                ToolCallItem::Call { name, arguments } => json!({"name": name, "arguments": arguments}),
-                ToolCallItem::Invalid { raw, error } => json!({"error": error, "raw": raw}),
-            })
-            .collect(),
-    )
 }
 
 /// Citation numbers in the text: `[3]`, `[1, 2]`, `[1][4]`, `[2-4]`.

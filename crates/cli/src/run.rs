@@ -119,18 +119,6 @@ pub fn tool_call_line(call: &ToolCallItem) -> String {
     }
 }
 
-pub fn tool_calls_json(calls: &[ToolCallItem]) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .map(|c| match c {
-                ToolCallItem::Call { name, arguments } => json!({"name": name, "arguments": arguments}),
-                ToolCallItem::Invalid { raw, error } => json!({"error": error, "raw": raw}),
-            })
-            .collect(),
-    )
-}
-
 pub fn build_prompt(lm: &LoadedModel, messages: &Value, tools: Option<&Value>) -> Result<Prompt> {
     chat_prompt(&lm.text, lm.template.as_ref(), messages, tools, true)
 }
@@ -185,7 +173,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             "model": lm.path.display().to_string(),
             "answer": answer,
             "reasoning": reasoning,
-            "tool_calls": tool_calls_json(&calls),
+            "tool_calls": Value::Array(calls.iter().map(ToolCallItem::to_json).collect()),
             "text": gen.text,
             "finish_reason": gen.finish_reason,
             "stop_string": gen.stop_string,

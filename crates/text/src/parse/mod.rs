@@ -38,6 +38,17 @@ pub enum ToolCallItem {
     Invalid { raw: String, error: String },
 }
 
+impl ToolCallItem {
+    /// `{"name", "arguments"}` for a call, `{"error", "raw"}` for an unreadable block: how the CLI's
+    /// `--json` output and the agent's trajectory log show a reply's calls.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ToolCallItem::Call { name, arguments } => serde_json::json!({"name": name, "arguments": arguments}),
+            ToolCallItem::Invalid { raw, error } => serde_json::json!({"error": error, "raw": raw}),
+        }
+    }
+}
+
 /// Parses a complete output. `prompt_opened_think`: the prompt already ended with `<think>`, so the
 /// text starts inside the reasoning.
 pub fn parse_output(text: &str, prompt_opened_think: bool) -> ParsedOutput {
