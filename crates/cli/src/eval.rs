@@ -32,7 +32,7 @@ pub struct EvalArgs {
     /// Items as JSONL (GSM8K, HumanEval, MBPP, multiple-choice, tool-call or our chat layout).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Use a built-in held-out set instead: arith, word, countdown or code.
+    /// Use a built-in held-out set instead: arith, add, word, countdown or code.
     #[arg(long)]
     pub gen: Option<String>,
     /// Items to generate with --gen, or the first N items of --data.
@@ -44,9 +44,10 @@ pub struct EvalArgs {
     /// Samples per item (pass@k with k = samples).
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
-    /// Requests in flight at once (endpoint only; the local engine runs one at a time).
-    #[arg(long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Requests in flight at once: for an endpoint, concurrent HTTP requests (default 1); for the
+    /// local engine, sequences decoded together in one batch (default 8)
+    #[arg(long)]
+    pub parallel: Option<usize>,
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
     /// Default: 0 (greedy) with one sample, 0.8 with several.
@@ -99,7 +100,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let cfg = Config {
         samples: a.samples,
-        parallel: a.parallel,
+        parallel: a.parallel.unwrap_or(1),
         sampling: Sampling {
             max_tokens: a.max_tokens,
             temperature: a.temperature.unwrap_or(if a.samples > 1 { 0.8 } else { 0.0 }),
@@ -126,7 +127,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.api_key.clone(),
             Duration::from_secs(a.request_timeout),
         )?),
-        None => Box::new(Engine { lm: a.model.load()? }),
+        None => Box::new(Engine { lm: a.model.load()?, batch: a.parallel.unwrap_or(8) }),
     };
     let records = runner::run(&items, backend.as_ref(), &cfg, a.out.as_deref())?;
     print_summary(kind, &records, a.json)

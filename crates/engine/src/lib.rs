@@ -2,6 +2,7 @@
 //! (sampling, stop conditions, thinking budget, prefix reuse). Shared by the CLI, server, agent
 //! and trainer.
 
+pub mod batch;
 pub mod bench;
 pub mod generate;
 pub mod hub;
@@ -11,6 +12,7 @@ pub mod machine;
 pub mod prompt;
 pub mod sampler;
 
+pub use batch::{generate_batch, BatchRequest};
 pub use generate::{generate, prompt_opens_think, FinishReason, GenParams, Generation, Session};
 pub use load::{load, EngineOptions, Format, LoadedModel};
 pub use sampler::{Sampler, SamplingParams};

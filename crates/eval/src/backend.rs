@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use nanbeige_engine::prompt::{chat_prompt, parse_reply};
-use nanbeige_engine::{generate, GenParams, LoadedModel, Session};
+use nanbeige_engine::{generate, generate_batch, BatchRequest, GenParams, Generation, LoadedModel, Session};
 use nanbeige_text::ToolCallItem;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -26,19 +26,37 @@ pub struct Sampling {
     pub top_p: f32,
 }
 
+/// One chat completion to make.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Value,
+    pub tools: Option<Value>,
+    pub seed: u64,
+}
+
 pub trait Backend: Sync {
     fn chat(&self, messages: &Value, tools: Option<&Value>, sampling: &Sampling, seed: u64) -> Result<Reply>;
-    /// Whether several requests may run at once (an endpoint batches them; our in-process engine
-    /// already uses every core for one sequence).
+    /// Whether several requests may run at once on threads (an endpoint batches them).
     fn parallel_ok(&self) -> bool;
+    /// How many requests `chat_many` completes together (our engine batches them itself).
+    fn batch_size(&self) -> usize {
+        1
+    }
+    /// Several completions, in request order; by default one after another.
+    fn chat_many(&self, reqs: &[ChatRequest], sampling: &Sampling) -> Vec<Result<Reply>> {
+        reqs.iter().map(|r| self.chat(&r.messages, r.tools.as_ref(), sampling, r.seed)).collect()
+    }
 }
 
+/// Our engine in this process. With `batch` > 1, `chat_many` decodes that many sequences in one
+/// batched forward per step, which multiplies throughput on a CPU (weights are read once per step).
 pub struct Engine {
     pub lm: LoadedModel,
+    pub batch: usize,
 }
 
-impl Backend for Engine {
-    fn chat(&self, messages: &Value, tools: Option<&Value>, sampling: &Sampling, seed: u64) -> Result<Reply> {
+impl Engine {
+    fn request(&self, messages: &Value, tools: Option<&Value>, sampling: &Sampling, seed: u64) -> Result<(BatchRequest, bool)> {
         let lm = &self.lm;
         let prompt = chat_prompt(&lm.text, lm.template.as_ref(), messages, tools, true)?;
         let mut params = GenParams { max_tokens: Some(sampling.max_tokens), ..Default::default() };
@@ -46,24 +64,55 @@ impl Backend for Engine {
         params.sampling.temperature = sampling.temperature;
         params.sampling.top_p = sampling.top_p;
         params.sampling.seed = Some(seed);
-        let mut session = Session::new(lm);
-        let gen = generate(lm, &mut session, &prompt.ids, prompt.opened_think, &params, None, &mut |_| {})?;
-        let parsed = parse_reply(&gen.text, prompt.opened_think, tools.is_some());
-        let text = if prompt.opened_think { format!("<think>{}", gen.text) } else { gen.text.clone() };
-        let tool_calls = parsed
-            .tool_calls
-            .into_iter()
-            .filter_map(|c| match c {
-                ToolCallItem::Call { name, arguments } => Some((name, arguments)),
-                ToolCallItem::Invalid { .. } => None,
-            })
-            .collect();
-        let finish_reason = serde_json::to_value(gen.finish_reason)?.as_str().unwrap_or("").to_string();
-        Ok(Reply { text, tool_calls, completion_tokens: gen.completion_tokens, finish_reason })
+        Ok((BatchRequest { prompt: prompt.ids, opened_think: prompt.opened_think, params }, tools.is_some()))
+    }
+}
+
+/// The reply as scorers see it: reasoning re-wrapped in `<think>`, tool calls parsed.
+pub fn reply_from_generation(gen: &Generation, opened_think: bool, with_tools: bool) -> Result<Reply> {
+    let parsed = parse_reply(&gen.text, opened_think, with_tools);
+    let text = if opened_think { format!("<think>{}", gen.text) } else { gen.text.clone() };
+    let tool_calls = parsed
+        .tool_calls
+        .into_iter()
+        .filter_map(|c| match c {
+            ToolCallItem::Call { name, arguments } => Some((name, arguments)),
+            ToolCallItem::Invalid { .. } => None,
+        })
+        .collect();
+    let finish_reason = serde_json::to_value(gen.finish_reason)?.as_str().unwrap_or("").to_string();
+    Ok(Reply { text, tool_calls, completion_tokens: gen.completion_tokens, finish_reason })
+}
+
+impl Backend for Engine {
+    fn chat(&self, messages: &Value, tools: Option<&Value>, sampling: &Sampling, seed: u64) -> Result<Reply> {
+        let (r, with_tools) = self.request(messages, tools, sampling, seed)?;
+        let mut session = Session::new(&self.lm);
+        let gen = generate(&self.lm, &mut session, &r.prompt, r.opened_think, &r.params, None, &mut |_| {})?;
+        reply_from_generation(&gen, r.opened_think, with_tools)
     }
 
     fn parallel_ok(&self) -> bool {
         false
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch.max(1)
+    }
+
+    fn chat_many(&self, reqs: &[ChatRequest], sampling: &Sampling) -> Vec<Result<Reply>> {
+        let built: Vec<Result<(BatchRequest, bool)>> =
+            reqs.iter().map(|r| self.request(&r.messages, r.tools.as_ref(), sampling, r.seed)).collect();
+        let ok: Vec<BatchRequest> = built.iter().filter_map(|b| b.as_ref().ok().map(|(r, _)| r.clone())).collect();
+        let mut gens = generate_batch(&self.lm, &ok, self.batch_size(), &mut |_, _| {}).into_iter();
+        built
+            .into_iter()
+            .map(|b| {
+                let (r, with_tools) = b?;
+                let gen = gens.next().expect("one generation per request")?;
+                reply_from_generation(&gen, r.opened_think, with_tools)
+            })
+            .collect()
     }
 }
 

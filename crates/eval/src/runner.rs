@@ -3,7 +3,7 @@
 //! every logged item of this set: accuracy (pass@1) with a 95% interval, pass@k, format compliance.
 //! Also the paired comparison of two logs.
 
-use crate::backend::{Backend, Reply, Sampling};
+use crate::backend::{Backend, ChatRequest, Reply, Sampling};
 use crate::items::{Gold, Item, Kind};
 use crate::score;
 use crate::stats;
@@ -62,6 +62,41 @@ fn gold_json(g: &Gold) -> Value {
         Gold::Choice { letter, .. } => json!(letter.to_string()),
         Gold::Tool(e) => e.clone(),
     }
+}
+
+/// Evaluate several items with one batched call (all their samples together); their log records.
+fn eval_items_batched(items: &[&Item], backend: &dyn Backend, cfg: &Config) -> Vec<Result<Value>> {
+    let reqs: Vec<ChatRequest> = items
+        .iter()
+        .flat_map(|it| {
+            (0..cfg.samples).map(move |j| ChatRequest {
+                messages: it.messages.clone(),
+                tools: it.tools.clone(),
+                seed: cfg.seed.wrapping_add(j as u64),
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let mut replies = backend.chat_many(&reqs, &cfg.sampling).into_iter();
+    // Samples share the batch's time; each is charged an equal part.
+    let secs = t.elapsed().as_secs_f64() / reqs.len().max(1) as f64;
+    items
+        .iter()
+        .map(|it| {
+            let mut got = vec![];
+            let mut err = None;
+            for _ in 0..cfg.samples {
+                match replies.next().expect("one reply per request") {
+                    Ok(r) => got.push((r, secs)),
+                    Err(e) => err = err.or(Some(e)),
+                }
+            }
+            match err {
+                Some(e) => Err(e.context(format!("item {}", it.id))),
+                None => record(it, &got, cfg.code_timeout),
+            }
+        })
+        .collect()
 }
 
 /// Evaluate one item: k samples, scored; the log record.
@@ -215,8 +250,25 @@ pub fn run(items: &[Item], backend: &dyn Backend, cfg: &Config, log: Option<&Pat
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let total = todo.len();
+    // A batching backend takes a chunk of items per call, on one thread: four batches' worth, so
+    // the batch stays full while the chunk's stragglers finish, and the log still grows steadily.
+    let chunk = (4 * backend.batch_size()).div_ceil(cfg.samples).max(1);
     std::thread::scope(|sc| -> Result<()> {
-        for _ in 0..workers {
+        if backend.batch_size() > 1 {
+            let tx = tx.clone();
+            let todo = &todo;
+            sc.spawn(move || {
+                for part in todo.chunks(chunk) {
+                    for r in eval_items_batched(part, backend, cfg) {
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        for _ in 0..if backend.batch_size() > 1 { 0 } else { workers } {
             let tx = tx.clone();
             let (next, todo) = (&next, &todo);
             sc.spawn(move || loop {

@@ -12,7 +12,7 @@ fn reference_answers_score_full_marks_and_wrong_ones_do_not() {
     // Near-miss code (some mutants are equivalent, e.g. `x > 0` vs `x >= 0` in a sum) must
     // nearly always fail a hidden test.
     let (mut mutants, mut killed) = (0usize, 0usize);
-    for task in ["arith", "word", "countdown", "code"] {
+    for task in ["arith", "add", "word", "countdown", "code"] {
         let n = if task == "code" { 20 } else { 300 };
         for split in [Split::Train, Split::Test] {
             for ex in generate(task, split, n, 5).unwrap() {

@@ -16,5 +16,6 @@ pub mod lora;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod rl;
 pub mod schedule;
 pub mod sft;

@@ -25,6 +25,20 @@ pub fn draw(rng: &mut Rng) -> Example {
     }
 }
 
+/// The easy level (`add`): addition and subtraction of 2–3 digit numbers, the same worked
+/// method. A 135M model can learn it in minutes, so SFT and RL on this machine have signal.
+pub fn draw_easy(rng: &mut Rng) -> Example {
+    let (x, y) = (num(rng, 2, 3), num(rng, 2, 3));
+    let mut ex = if rng.range(0, 1) == 0 {
+        make(x, '+', y, add_steps(x, y), x + y)
+    } else {
+        let (a, b) = (x.max(y), x.min(y));
+        make(a, '-', b, sub_steps(a, b), a - b)
+    };
+    ex.task = "add";
+    ex
+}
+
 /// A number with between `lo` and `hi` digits.
 fn num(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
     let d = rng.range(lo, hi) as u32;

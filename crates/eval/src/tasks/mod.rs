@@ -80,12 +80,13 @@ impl Example {
     }
 }
 
-pub const TASKS: &[&str] = &["arith", "word", "countdown", "code"];
+pub const TASKS: &[&str] = &["arith", "add", "word", "countdown", "code"];
 
 /// One problem drawn at random (it may belong to either split).
 fn draw(task: &str, rng: &mut Rng) -> Result<Example> {
     Ok(match task {
         "arith" => arith::draw(rng),
+        "add" => arith::draw_easy(rng),
         "word" => word::draw(rng),
         "countdown" => countdown::draw(rng),
         "code" => code::draw(rng),
