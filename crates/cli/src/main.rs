@@ -13,6 +13,7 @@ mod run;
 mod serve;
 mod synth;
 mod train;
+mod train_rl;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};

@@ -1,4 +1,4 @@
-//! `nanbeige train sft|distill`: argument parsing for the training crate (nanbeige-train), which
+//! `nanbeige train sft|distill|bench|export` (RL commands: train_rl.rs): argument parsing for the training crate (nanbeige-train), which
 //! holds all the logic. Models resolve like everywhere else (a directory, a .gguf, or a short name).
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +22,9 @@ enum TrainCmd {
     Sft(SftArgs),
     /// Distill a teacher into a student: token-level KD, sequence-level, or DPO toward the teacher.
     Distill(DistillArgs),
+    /// Point-wise RL (GRPO): groups of sampled replies, verifiable rewards (math, code tests, code
+    /// efficiency with --efficiency), group-normalized advantages, clipped token-level loss.
+    Grpo(crate::train_rl::RlArgs),
     /// Training throughput: forward + backward tokens/s on one packed row (and the AdamW step).
     Bench(BenchArgs),
     /// Write a model (e.g. a GGUF, dequantized) as an HF safetensors directory, as training saves.
@@ -219,6 +222,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             Ok(())
         }
         TrainCmd::Distill(d) => distill_cmd(d),
+        TrainCmd::Grpo(g) => crate::train_rl::grpo_cmd(g),
         TrainCmd::Bench(b) => bench_cmd(b),
         TrainCmd::Export(e) => {
             let model = hub::resolve(e.model.as_deref())?;

@@ -51,6 +51,9 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
     pub stop_string: Option<String>,
+    /// The end-of-sequence token that stopped generation (not in `tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eos_token: Option<u32>,
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV came from the session cache instead of a new prefill.
     pub cached_prompt_tokens: usize,
@@ -229,6 +232,7 @@ pub struct SeqDecode<'a> {
     pub logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     stop_string: Option<String>,
+    eos_token: Option<u32>,
     json: Option<JsonState>,
     started: Instant,
     first_token: Option<Instant>,
@@ -253,6 +257,7 @@ impl<'a> SeqDecode<'a> {
             logprobs: vec![],
             finish: None,
             stop_string: None,
+            eos_token: None,
             json: params.json_schema.clone().map(JsonState::new),
             started: Instant::now(),
             first_token: None,
@@ -312,6 +317,7 @@ impl<'a> SeqDecode<'a> {
                 self.first_token.get_or_insert_with(Instant::now);
                 if !self.params.ignore_eos && self.lm.eos_ids.contains(&t) {
                     self.finish = Some(FinishReason::Stop);
+                    self.eos_token = Some(t);
                     return Ok(vec![]);
                 }
                 vec![t]
@@ -417,6 +423,7 @@ impl<'a> SeqDecode<'a> {
             tokens: self.out_tokens,
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             stop_string: self.stop_string,
+            eos_token: self.eos_token,
             prompt_tokens,
             cached_prompt_tokens,
             reasoning_tokens: self.reasoning_tokens,

@@ -106,8 +106,13 @@ pub fn load_file(path: &Path, kind: Kind) -> Result<Vec<Item>> {
 
 /// Held-out items from a built-in generator.
 pub fn generated(task: &str, n: usize, seed: u64) -> Result<(Kind, Vec<Item>)> {
+    generated_split(task, tasks::Split::Test, n, seed)
+}
+
+/// Items of either split from a built-in generator (RL trains on the train split).
+pub fn generated_split(task: &str, split: tasks::Split, n: usize, seed: u64) -> Result<(Kind, Vec<Item>)> {
     let kind = kind_of_generator(task)?;
-    let exs = tasks::generate(task, tasks::Split::Test, n, seed)?;
+    let exs = tasks::generate(task, split, n, seed)?;
     let items = exs.iter().map(|e| item(&e.to_json(false), kind)).collect::<Result<Vec<_>>>()?;
     Ok((kind, items))
 }

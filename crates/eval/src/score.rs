@@ -223,6 +223,12 @@ pub struct CodeTests {
     pub entry_point: String,
     /// The problem's prompt; for HumanEval its imports and signature complete a bare body.
     pub prompt: Option<String>,
+    /// A reference solution (`answer` / `canonical_solution` when it is code), for code RL's
+    /// efficiency term.
+    pub reference: Option<String>,
+    /// Python that sets `args`, a large input tuple: the efficiency benchmark times
+    /// `entry_point(*args)` on it.
+    pub bench: Option<String>,
 }
 
 impl CodeTests {
@@ -233,15 +239,25 @@ impl CodeTests {
             |v: &Value| v.as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect::<Vec<_>>());
         let ep = item.get("entry_point").and_then(Value::as_str).map(String::from);
         let prompt = item.get("prompt").and_then(Value::as_str).map(String::from);
+        let text = |k: &str| item.get(k).and_then(Value::as_str).map(String::from);
+        let reference = text("canonical_solution").or_else(|| text("answer")).filter(|c| c.contains("def ") || c.contains("return"));
+        let bench = text("bench");
         if let Some(tests) = item.get("tests").and_then(list).or_else(|| item.get("test_list").and_then(list)) {
             let ep = ep.or_else(|| tests.first().and_then(|t| called_name(t)))?;
             let setup =
                 item.get("test_setup_code").and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(String::from);
-            return (!tests.is_empty()).then_some(CodeTests { setup, tests, entry_point: ep, prompt });
+            return (!tests.is_empty()).then_some(CodeTests { setup, tests, entry_point: ep, prompt, reference, bench });
         }
         let test = item.get("test").or_else(|| item.get("tests")).and_then(Value::as_str)?;
         let ep = ep?;
-        Some(CodeTests { setup: Some(test.to_string()), tests: vec![format!("check({ep})")], entry_point: ep, prompt })
+        Some(CodeTests {
+            setup: Some(test.to_string()),
+            tests: vec![format!("check({ep})")],
+            entry_point: ep,
+            prompt,
+            reference,
+            bench,
+        })
     }
 }
 
@@ -255,7 +271,13 @@ fn called_name(test: &str) -> Option<String> {
 
 /// Runs the reply's code against the tests; the score is the share of tests passed.
 pub fn score_code(text: &str, tests: &CodeTests, timeout: Duration) -> Result<TestRun> {
-    let mut code = extract_code(text, &tests.entry_point);
+    let code = complete_code(extract_code(text, &tests.entry_point), tests);
+    sandbox::run_tests(&code, tests.setup.as_deref(), &tests.tests, timeout)
+}
+
+/// Code as it runs: a bare function body is completed with the prompt's signature, and a whole
+/// function keeps the prompt's imports (HumanEval).
+pub fn complete_code(mut code: String, tests: &CodeTests) -> String {
     if let Some(p) = &tests.prompt {
         if !code.contains(&format!("def {}", tests.entry_point)) {
             // A bare function body (completion-style reply): complete it with the prompt.
@@ -268,7 +290,25 @@ pub fn score_code(text: &str, tests: &CodeTests, timeout: Duration) -> Result<Te
             }
         }
     }
-    sandbox::run_tests(&code, tests.setup.as_deref(), &tests.tests, timeout)
+    code
+}
+
+/// Seconds one call `entry_point(*args)` takes on the benchmark input (`bench` sets `args`):
+/// the median of `repeats` timed calls, in the sandbox. None when the code fails to load or run,
+/// or runs out of time.
+pub fn time_code(code: &str, tests: &CodeTests, bench: &str, repeats: usize, timeout: Duration) -> Result<Option<f64>> {
+    let marker = format!("@@bench{:x}", code.len() ^ bench.len());
+    let code = complete_code(code.to_string(), tests);
+    let script = format!(
+        "import time as _t\n_src = {code:?}\n_bench = {bench:?}\ntry:\n    _g = {{}}\n    exec(_src, _g)\n    _b = {{}}\n    exec(_bench, _b)\n    _f = _g[{ep:?}]\n    _ts = []\n    for _ in range({repeats}):\n        _a = _t.perf_counter()\n        _f(*_b['args'])\n        _ts.append(_t.perf_counter() - _a)\n    _ts.sort()\n    print({marker:?}, _ts[len(_ts) // 2])\nexcept BaseException:\n    pass\n",
+        ep = tests.entry_point,
+        repeats = repeats.max(1),
+    );
+    let (out, timed_out) = crate::sandbox::run_python(&script, timeout)?;
+    if timed_out {
+        return Ok(None);
+    }
+    Ok(out.lines().find_map(|l| l.strip_prefix(&marker)).and_then(|v| v.trim().parse::<f64>().ok()))
 }
 
 /// The chosen option letter (A, B, …; `n` options) of a multiple-choice reply.

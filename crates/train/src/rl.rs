@@ -57,26 +57,6 @@ pub fn clipped_policy_loss(
     Ok((surrogate * Tensor::new(weights, dev)?)?.sum_all()?.neg()?)
 }
 
-/// Share of weighted tokens whose ratio was clipped (a health metric: near 0 on-policy).
-pub fn clip_fraction(logp: &[f32], old: &[f32], adv: &[f32], weights: &[f32], eps_low: f64, eps_high: f64) -> f64 {
-    let (mut clipped, mut total) = (0.0, 0.0);
-    for i in 0..logp.len() {
-        if weights[i] == 0.0 {
-            continue;
-        }
-        total += 1.0;
-        let r = ((logp[i] - old[i]) as f64).exp();
-        if (adv[i] > 0.0 && r > 1.0 + eps_high) || (adv[i] < 0.0 && r < 1.0 - eps_low) {
-            clipped += 1.0;
-        }
-    }
-    if total > 0.0 {
-        clipped / total
-    } else {
-        0.0
-    }
-}
-
 /// k3 estimate of KL(π || π_ref) per token, summed with weights: exp(d) - d - 1 with
 /// d = logp_ref - logp (Schulman's unbiased, always non-negative estimator; GRPO's KL term).
 pub fn kl_k3_sum(logp: &Tensor, ref_logp: &[f32], weights: &[f32]) -> Result<Tensor> {
@@ -178,8 +158,6 @@ mod tests {
         assert!(close(g[1] as f64, 2.0 * (-0.1f64).exp()), "{g:?}");
         assert!(close(g[2] as f64, 0.0), "{g:?}");
         assert!(close(g[3] as f64, 0.0), "{g:?}");
-        let lp = [0.5f32, -0.1, -0.5, 3.0];
-        assert!(close(clip_fraction(&lp, &old, &adv, &w, 0.2, 0.2), 2.0 / 3.0));
         // Asymmetric clip (clip-higher): ε_high 0.7 lets token 0's ratio 1.65 through.
         let l = clipped_policy_loss(logp.as_tensor(), &old, &adv, &w, 0.2, 0.7).unwrap();
         let want = -(0.5f64).exp() + 2.0 * (-0.1f64).exp() + 0.8;

@@ -267,6 +267,13 @@ fn input(rng: &mut Rng, p: &P, max_len: i64) -> Vec<i64> {
     (0..len).map(|_| if rng.range(0, 1) == 0 { *rng.pick(&special) } else { rng.range(lo, hi) }).collect()
 }
 
+/// Python setting `args` to a large input (200,000 values around the parameters) for the
+/// efficiency benchmark of code RL's second stage.
+fn bench(p: &P) -> String {
+    let (lo, hi) = (p[0].min(p[1]) - 12, p[0].max(p[1]) + 12);
+    format!("import random\nrandom.seed(7)\nargs = ([random.randint({lo}, {hi}) for _ in range(200000)],)")
+}
+
 pub fn draw(rng: &mut Rng) -> Example {
     let ts = templates();
     let t = &ts[rng.range(0, ts.len() as i64 - 1) as usize];
@@ -308,7 +315,7 @@ pub fn draw(rng: &mut Rng) -> Example {
         reasoning,
         content: format!("```python\n{code}\n```"),
         answer: json!(code),
-        extra: json!({"tests": tests, "entry_point": t.name}),
+        extra: json!({"tests": tests, "entry_point": t.name, "bench": bench(&p)}),
     }
 }
 

@@ -1,0 +1,217 @@
+//! `nanbeige train grpo|pairwise`: argument parsing for the RL stages of nanbeige-train (grpo.rs,
+//! rewards.rs). Prompts come from a built-in generator's train split or a JSONL file of eval items;
+//! rollouts from the policy itself or an OpenAI-compatible endpoint.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use nanbeige_engine::hub;
+use nanbeige_eval::backend::Endpoint;
+use nanbeige_eval::items::{self, Kind};
+use nanbeige_eval::tasks::Split;
+use nanbeige_train::checkpoint::Origin;
+use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
+use nanbeige_train::rewards::{CodeEfficiency, GroupReward, Verifiable};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct RlArgs {
+    /// Policy to train: HF directory, .gguf (dequantized), or a short name.
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// Output directory: the trained model, metrics.jsonl, reward/pass_rate/length/kl plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// Prompts from a built-in generator's train split: arith, add, word, countdown, code.
+    #[arg(long)]
+    gen: Option<String>,
+    /// How many generated prompts to draw from.
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    /// Prompts as eval items in JSONL (needs --task: math, countdown, code, mc, tool).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    steps: u64,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 4)]
+    prompts: usize,
+    /// Replies sampled per prompt.
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    #[arg(long, default_value_t = 2e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Lower clip range of the ratio (1 - eps_low).
+    #[arg(long, default_value_t = 0.2)]
+    eps_low: f64,
+    /// Upper clip range (1 + eps_high); above eps_low is DAPO's clip-higher.
+    #[arg(long, default_value_t = 0.28)]
+    eps_high: f64,
+    /// Weight of the KL penalty to the starting model (keeps a frozen copy; 0: none).
+    #[arg(long, default_value_t = 0.0)]
+    kl: f64,
+    /// Only center advantages (Dr. GRPO) instead of dividing by the group's std.
+    #[arg(long)]
+    no_std: bool,
+    /// Keep groups that all pass or all fail (they contribute no gradient, only cost).
+    #[arg(long)]
+    no_filter: bool,
+    /// Train on replies cut at --max-tokens too (default: masked out).
+    #[arg(long)]
+    keep_overlong: bool,
+    /// Reward for the `<think>…</think>` answer format, added to the task's score.
+    #[arg(long, default_value_t = 0.1)]
+    format_reward: f64,
+    /// Code RL stage two: weight of the efficiency term (counts only when every test passes).
+    #[arg(long, default_value_t = 0.0)]
+    efficiency: f64,
+    /// Timed runs per efficiency measurement (the median is used).
+    #[arg(long, default_value_t = 3)]
+    efficiency_repeats: usize,
+    #[arg(long, default_value_t = 10)]
+    code_timeout: u64,
+    /// Tokens per packed row in the update.
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Sequences decoded together in local rollouts.
+    #[arg(long, default_value_t = 16)]
+    rollout_batch: usize,
+    /// Sample rollouts from this OpenAI-compatible server instead of the policy in process.
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    api_model: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY")]
+    api_key: Option<String>,
+    /// Concurrent endpoint requests.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// With --endpoint: save the policy to OUT/policy every N steps for the server to reload.
+    #[arg(long, default_value_t = 1)]
+    sync_every: u64,
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Saved weight dtype: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Save the model every N steps (always at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+impl RlArgs {
+    fn options(&self) -> Result<GrpoOptions> {
+        if self.steps == 0 || self.prompts == 0 {
+            bail!("--steps and --prompts must be at least 1");
+        }
+        if self.group < 2 {
+            bail!("--group must be at least 2");
+        }
+        if !(self.temperature > 0.0) {
+            bail!("--temperature must be positive (RL needs sampled replies)");
+        }
+        Ok(GrpoOptions {
+            out: self.out.clone(),
+            steps: self.steps,
+            prompts_per_step: self.prompts,
+            group: self.group,
+            lr: self.lr,
+            warmup: self.warmup,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            eps_low: self.eps_low,
+            eps_high: self.eps_high,
+            kl: self.kl,
+            scale_std: !self.no_std,
+            filter: !self.no_filter,
+            mask_overlong: !self.keep_overlong,
+            batch_tokens: self.batch_tokens.max(64),
+            rollout_batch: self.rollout_batch.max(1),
+            clip: self.clip,
+            seed: self.seed,
+            dtype: match self.dtype.as_str() {
+                "f32" => candle_core::DType::F32,
+                "bf16" => candle_core::DType::BF16,
+                other => bail!("--dtype {other}: f32 or bf16"),
+            },
+            save_every: self.save_every,
+            sync_every: self.sync_every,
+            quiet: self.quiet,
+        })
+    }
+
+    fn items(&self) -> Result<Vec<items::Item>> {
+        match (&self.gen, &self.data) {
+            (Some(g), None) => Ok(items::generated_split(g, Split::Train, self.n, self.seed)?.1),
+            (None, Some(d)) => {
+                let kind = Kind::parse(self.task.as_deref().context("--data needs --task (math, countdown, code, mc, tool)")?)?;
+                items::load_file(d, kind)
+            }
+            (Some(_), Some(_)) => bail!("give --gen or --data, not both"),
+            (None, None) => bail!("no prompts: give --gen TASK or --data FILE --task KIND"),
+        }
+    }
+
+    fn verifiable(&self) -> Verifiable {
+        Verifiable { format_weight: self.format_reward, code_timeout: Duration::from_secs(self.code_timeout.max(1)) }
+    }
+}
+
+/// Run RL with `reward` on the prompts and rollout source the flags name.
+fn run(a: &RlArgs, reward: &dyn GroupReward) -> Result<()> {
+    let o = a.options()?;
+    let items = a.items()?;
+    let model = hub::resolve(a.model.as_deref())?;
+    let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, !a.quiet)?;
+    let reference = if a.kl > 0.0 { Some(nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false)?) } else { None };
+    let (text, _) = nanbeige_engine::load::load_text(&model)?;
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let endpoint = match &a.endpoint {
+        Some(url) => Some(Endpoint::new(url, a.api_model.clone(), a.api_key.clone(), Duration::from_secs(600))?),
+        None => None,
+    };
+    let sampler = match &endpoint {
+        Some(e) => Sampler::Remote { backend: e, parallel: a.parallel },
+        None => Sampler::Local,
+    };
+    eprintln!(
+        "RL on {} prompts: {} steps x {} prompts x {} replies, lr {}, max {} tokens",
+        items.len(),
+        o.steps,
+        o.prompts_per_step,
+        o.group,
+        o.lr,
+        o.max_tokens
+    );
+    let s = grpo::train(&mut lm, reference.as_ref(), &origin, &items, reward, sampler, &o)?;
+    println!(
+        "{} steps in {:.0}s: mean reward {:.3} -> {:.3}; model saved to {}",
+        s.steps,
+        s.seconds,
+        s.first_reward,
+        s.last_reward,
+        o.out.display()
+    );
+    Ok(())
+}
+
+pub fn grpo_cmd(a: RlArgs) -> Result<()> {
+    if a.efficiency > 0.0 {
+        let r = CodeEfficiency { base: a.verifiable(), weight: a.efficiency, repeats: a.efficiency_repeats.max(1) };
+        run(&a, &r)
+    } else {
+        run(&a, &a.verifiable())
+    }
+}

@@ -1,0 +1,363 @@
+//! Point-wise RL (`nanbeige train grpo`) and, with a pair-wise reward, the pair-wise stage
+//! (`nanbeige train pairwise`): each step samples a group of replies per prompt, scores them
+//! (rewards.rs), turns rewards into group-normalized advantages, drops groups with no signal (all
+//! pass or all fail), masks truncated replies, and takes one AdamW step on the clipped surrogate
+//! loss normalized per token, with an optional k3 KL penalty to the frozen starting policy.
+//!
+//! Rollouts come from the policy itself through the engine's batched generator (the model being
+//! trained samples, so the update is on-policy), or from any OpenAI-compatible endpoint (rollouts
+//! on other machines/engines; the policy is saved to OUT/policy every `sync_every` steps for that
+//! server to reload, and the clip bounds the drift while it lags).
+//!
+//! Not here: the arithmetic (rl.rs), rewards (rewards.rs), held-out evaluation (`nanbeige eval`).
+
+use crate::checkpoint::{self, Origin};
+use crate::data::Packed;
+use crate::loss;
+use crate::metrics::{self, MetricsLog};
+use crate::optim::{AdamW, GradAccum};
+use crate::rewards::{GroupReward, Scored};
+use crate::rl;
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use nanbeige_engine::prompt::chat_prompt;
+use nanbeige_engine::{generate_batch, BatchRequest, FinishReason, GenParams, LoadedModel, SamplingParams};
+use nanbeige_eval::backend::{reply_from_generation, Backend, Reply, Sampling};
+use nanbeige_eval::items::Item;
+use nanbeige_model::Llama;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct GrpoOptions {
+    pub out: PathBuf,
+    pub steps: u64,
+    pub prompts_per_step: usize,
+    pub group: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub eps_low: f64,
+    pub eps_high: f64,
+    /// Weight of the k3 KL penalty to the starting policy (0: no reference model is kept).
+    pub kl: f64,
+    /// Divide advantages by the group's std (GRPO) or only center them (Dr. GRPO).
+    pub scale_std: bool,
+    /// Drop groups that all pass or all fail (pass-rate filter).
+    pub filter: bool,
+    /// Exclude replies cut at max_tokens from the loss.
+    pub mask_overlong: bool,
+    /// Tokens per packed row in the update (memory bound; rows are accumulated).
+    pub batch_tokens: usize,
+    /// Sequences decoded together in local rollouts.
+    pub rollout_batch: usize,
+    pub clip: f64,
+    pub seed: u64,
+    pub dtype: DType,
+    pub save_every: u64,
+    pub sync_every: u64,
+    pub quiet: bool,
+}
+
+/// One sampled reply with the tokens the update trains on.
+pub struct Rollout {
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+    pub reply: Reply,
+    pub truncated: bool,
+}
+
+pub struct GrpoSummary {
+    pub steps: u64,
+    pub first_reward: f64,
+    pub last_reward: f64,
+    pub seconds: f64,
+}
+
+/// Where rollouts come from.
+pub enum Sampler<'a> {
+    /// The policy itself, batched in process.
+    Local,
+    /// An OpenAI-compatible server; `parallel` requests at once.
+    Remote { backend: &'a dyn Backend, parallel: usize },
+}
+
+fn gen_params(o: &GrpoOptions, seed: u64) -> GenParams {
+    // Pure samples from the policy (no top-p/top-k truncation): the policy gradient assumes them.
+    let sampling = SamplingParams { temperature: o.temperature, top_p: 1.0, top_k: 0, seed: Some(seed), ..Default::default() };
+    GenParams { sampling, max_tokens: Some(o.max_tokens), ..Default::default() }
+}
+
+/// `group` replies to each item, sampled by the policy in one batched generation.
+pub fn rollouts_local(lm: &mut LoadedModel, items: &[&Item], o: &GrpoOptions, seed: u64) -> Result<Vec<Vec<Rollout>>> {
+    let mut reqs = vec![];
+    let mut prompts = vec![];
+    for (i, it) in items.iter().enumerate() {
+        let p = chat_prompt(&lm.text, lm.template.as_ref(), &it.messages, it.tools.as_ref(), true)?;
+        for j in 0..o.group {
+            let s = seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            reqs.push(BatchRequest { prompt: p.ids.clone(), opened_think: p.opened_think, params: gen_params(o, s) });
+        }
+        prompts.push(p);
+    }
+    // Sampling uses the fused inference kernels; the update needs the differentiable path.
+    let was = lm.model.differentiable;
+    lm.model.differentiable = false;
+    let gens = generate_batch(lm, &reqs, o.rollout_batch, &mut |_, _| {});
+    lm.model.differentiable = was;
+    let mut out: Vec<Vec<Rollout>> = (0..items.len()).map(|_| Vec::with_capacity(o.group)).collect();
+    for (k, g) in gens.into_iter().enumerate() {
+        let g = g?;
+        let (i, p) = (k / o.group, &prompts[k / o.group]);
+        let reply = reply_from_generation(&g, p.opened_think, items[i].tools.is_some())?;
+        let mut completion_ids = g.tokens.clone();
+        completion_ids.extend(g.eos_token);
+        out[i].push(Rollout {
+            prompt_ids: p.ids.clone(),
+            completion_ids,
+            reply,
+            truncated: g.finish_reason == FinishReason::Length,
+        });
+    }
+    Ok(out)
+}
+
+/// `group` replies to each item from an endpoint; their text is tokenized for the policy.
+pub fn rollouts_remote(
+    lm: &LoadedModel,
+    backend: &dyn Backend,
+    parallel: usize,
+    items: &[&Item],
+    o: &GrpoOptions,
+    seed: u64,
+) -> Result<Vec<Vec<Rollout>>> {
+    let sampling = Sampling { max_tokens: o.max_tokens, temperature: o.temperature, top_p: 1.0 };
+    let jobs: Vec<(usize, u64)> = (0..items.len())
+        .flat_map(|i| (0..o.group).map(move |j| (i, seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Reply>>>> = jobs.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..parallel.max(1).min(jobs.len()) {
+            sc.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&(i, s)) = jobs.get(k) else { break };
+                let r = backend.chat(&items[i].messages, items[i].tools.as_ref(), &sampling, s);
+                *results[k].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    let end = lm.text.tokenizer.token_to_id("<|im_end|>").or(lm.eos_ids.first().copied());
+    let mut out: Vec<Vec<Rollout>> = (0..items.len()).map(|_| vec![]).collect();
+    for ((i, _), r) in jobs.iter().zip(results) {
+        let reply = r.into_inner().unwrap().context("rollout was not run")??;
+        let p = chat_prompt(&lm.text, lm.template.as_ref(), &items[*i].messages, items[*i].tools.as_ref(), true)?;
+        // The prompt may open `<think>` itself; the reply's text then repeats it.
+        let body = if p.opened_think { reply.text.strip_prefix("<think>").unwrap_or(&reply.text) } else { &reply.text };
+        let mut completion_ids = lm.text.tokenizer.encode(body, false)?;
+        let truncated = reply.finish_reason == "length";
+        if !truncated {
+            completion_ids.extend(end);
+        }
+        out[*i].push(Rollout { prompt_ids: p.ids, completion_ids, reply, truncated });
+    }
+    Ok(out)
+}
+
+/// A training sequence: prompt + reply, the reply's tokens weighted, with its advantage.
+struct Seq {
+    ids: Vec<u32>,
+    prompt_len: usize,
+    adv: f32,
+    weight: f32,
+}
+
+/// Rows of at most `batch_tokens` tokens (a longer sequence gets a row of its own), with the
+/// advantage and weight of each position's prediction.
+fn pack(seqs: &[Seq], batch_tokens: usize) -> Vec<(Packed, Vec<f32>)> {
+    let mut rows: Vec<(Packed, Vec<f32>)> = vec![];
+    let mut cur = (Packed::default(), vec![]);
+    for s in seqs {
+        if !cur.0.is_empty() && cur.0.len() + s.ids.len() > batch_tokens {
+            rows.push(std::mem::take(&mut cur));
+        }
+        let ex = crate::data::Example {
+            ids: s.ids.clone(),
+            mask: (0..s.ids.len()).map(|i| i >= s.prompt_len).collect(),
+            line: 0,
+        };
+        let start = cur.0.len();
+        cur.0.push(&ex);
+        for w in &mut cur.0.weights[start..] {
+            *w *= s.weight;
+        }
+        cur.1.extend(std::iter::repeat_n(s.adv, s.ids.len()));
+    }
+    if !cur.0.is_empty() {
+        rows.push(cur);
+    }
+    rows
+}
+
+/// Log-probs of a packed row's targets under `model`, without a graph (reference policy).
+fn row_logprobs(model: &Llama, row: &Packed) -> Result<Vec<f32>> {
+    let logits = model.forward_packed(&row.ids, &row.positions, &row.segments)?;
+    Ok(loss::token_logprobs(&logits, &row.targets)?.detach().to_vec1::<f32>()?)
+}
+
+/// Run RL on `items` (drawn in a seeded order, reshuffled each epoch). The policy is `lm`, made
+/// trainable here; `reference` (a second copy of the starting model) is needed when `o.kl > 0`.
+pub fn train(
+    lm: &mut LoadedModel,
+    reference: Option<&LoadedModel>,
+    origin: &Origin,
+    items: &[Item],
+    reward: &dyn GroupReward,
+    sampler: Sampler,
+    o: &GrpoOptions,
+) -> Result<GrpoSummary> {
+    if items.is_empty() {
+        bail!("no prompts to train on");
+    }
+    if o.group < 2 {
+        bail!("--group must be at least 2 (advantages compare replies to the same prompt)");
+    }
+    if o.kl > 0.0 && reference.is_none() {
+        bail!("a KL penalty needs the reference model");
+    }
+    let vars = lm.model.trainable_vars()?;
+    let mut opt = AdamW::new(vars, 0.0)?;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let log_path = o.out.join("metrics.jsonl");
+    let mut log = MetricsLog::open(&log_path, 0)?;
+    let t0 = Instant::now();
+    let (mut epoch, mut cursor) = (0u64, 0usize);
+    let mut order = crate::data::epoch_order(items.len(), o.seed, 0);
+    let (mut first_reward, mut last_reward) = (f64::NAN, f64::NAN);
+    for step in 0..o.steps {
+        let ts = Instant::now();
+        let mut batch = Vec::with_capacity(o.prompts_per_step);
+        for _ in 0..o.prompts_per_step.max(1) {
+            if cursor == items.len() {
+                epoch += 1;
+                cursor = 0;
+                order = crate::data::epoch_order(items.len(), o.seed, epoch);
+            }
+            batch.push(&items[order[cursor]]);
+            cursor += 1;
+        }
+        let seed = o.seed ^ step.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let groups = match &sampler {
+            Sampler::Local => rollouts_local(lm, &batch, o, seed)?,
+            Sampler::Remote { backend, parallel } => rollouts_remote(lm, *backend, *parallel, &batch, o, seed)?,
+        };
+        let rollout_s = ts.elapsed().as_secs_f64();
+        // Score, normalize within groups, filter.
+        let mut seqs = vec![];
+        let (mut rewards_all, mut passed, mut lens, mut truncated, mut kept) = (vec![], 0usize, vec![], 0usize, 0usize);
+        let mut samples = vec![];
+        for (it, group) in batch.iter().zip(&groups) {
+            let replies: Vec<Reply> = group.iter().map(|r| r.reply.clone()).collect();
+            let scored: Vec<Scored> = reward.score(it, &replies)?;
+            let rewards: Vec<f64> = scored.iter().map(|s| s.reward).collect();
+            rewards_all.extend(&rewards);
+            passed += scored.iter().filter(|s| s.passed).count();
+            for r in group {
+                lens.push(r.completion_ids.len() as f64);
+                truncated += usize::from(r.truncated);
+            }
+            if samples.len() < 2 {
+                samples.push(json!({"prompt": it.messages, "reply": group[0].reply.text, "reward": rewards[0]}));
+            }
+            let pass_flags: Vec<f64> = scored.iter().map(|s| f64::from(u8::from(s.passed))).collect();
+            let useful = if !o.filter {
+                true
+            } else if reward.has_pass() {
+                rl::informative(&pass_flags, 1.0)
+            } else {
+                rewards.iter().any(|r| (r - rewards[0]).abs() > 1e-9)
+            };
+            if !useful {
+                continue;
+            }
+            kept += 1;
+            for (r, a) in group.iter().zip(rl::group_advantages(&rewards, o.scale_std)) {
+                let weight = if o.mask_overlong && r.truncated { 0.0 } else { 1.0 };
+                let mut ids = r.prompt_ids.clone();
+                ids.extend(&r.completion_ids);
+                seqs.push(Seq { ids, prompt_len: r.prompt_ids.len(), adv: a as f32, weight });
+            }
+        }
+        let mean_reward = rewards_all.iter().sum::<f64>() / rewards_all.len().max(1) as f64;
+        if first_reward.is_nan() {
+            first_reward = mean_reward;
+        }
+        last_reward = mean_reward;
+        // The update: one optimizer step over every kept sequence.
+        let rows = pack(&seqs, o.batch_tokens);
+        let total: f64 = rows.iter().map(|(r, _)| r.weights.iter().map(|&w| w as f64).sum::<f64>()).sum();
+        let (mut loss_sum, mut kl_sum, mut gnorm) = (0.0, 0.0, 0.0);
+        let tu = Instant::now();
+        if total > 0.0 {
+            let mut grads = GradAccum::new(&opt);
+            for (row, adv) in &rows {
+                let logits = lm.model.forward_packed(&row.ids, &row.positions, &row.segments)?;
+                let logp = loss::token_logprobs(&logits, &row.targets)?;
+                // One update per batch: the sampling policy is the current one, so old = logp.
+                let old = logp.detach().to_vec1::<f32>()?;
+                let mut l = rl::clipped_policy_loss(&logp, &old, adv, &row.weights, o.eps_low, o.eps_high)?;
+                if let (Some(r), true) = (reference, o.kl > 0.0) {
+                    let ref_lp = row_logprobs(&r.model, row)?;
+                    let kl = rl::kl_k3_sum(&logp, &ref_lp, &row.weights)?;
+                    kl_sum += kl.to_scalar::<f32>()? as f64;
+                    l = (l + (kl * o.kl)?)?;
+                }
+                let l = (l / total)?;
+                loss_sum += l.to_scalar::<f32>()? as f64;
+                grads.add(&opt, &l.backward()?)?;
+            }
+            gnorm = grads.clip(o.clip);
+            let lr = if step < o.warmup { o.lr * (step + 1) as f64 / o.warmup as f64 } else { o.lr };
+            opt.step(&grads.grads, lr)?;
+        }
+        let update_s = tu.elapsed().as_secs_f64();
+        let n = rewards_all.len().max(1) as f64;
+        let rec = json!({
+            "step": step, "reward": mean_reward, "pass_rate": passed as f64 / n,
+            "length": lens.iter().sum::<f64>() / lens.len().max(1) as f64, "truncated": truncated as f64 / n,
+            "groups": batch.len(), "groups_kept": kept, "trained_tokens": total, "loss": loss_sum,
+            "kl": if total > 0.0 { kl_sum / total } else { 0.0 }, "grad_norm": gnorm,
+            "rollout_s": rollout_s, "update_s": update_s, "elapsed_s": t0.elapsed().as_secs_f64(), "samples": samples,
+        });
+        log.write(&rec)?;
+        if !o.quiet {
+            eprintln!(
+                "step {}/{}  reward {mean_reward:.3}  pass {:.2}  len {:.0}  kept {kept}/{}  kl {:.4}  rollout {rollout_s:.0}s update {update_s:.0}s",
+                step + 1,
+                o.steps,
+                passed as f64 / n,
+                rec["length"].as_f64().unwrap_or(0.0),
+                batch.len(),
+                rec["kl"].as_f64().unwrap_or(0.0),
+            );
+        }
+        if o.save_every > 0 && (step + 1) % o.save_every == 0 && step + 1 < o.steps {
+            checkpoint::save_model_dir(&o.out, &lm.model, origin, o.dtype)?;
+        }
+        if matches!(sampler, Sampler::Remote { .. }) && o.sync_every > 0 && (step + 1) % o.sync_every == 0 {
+            checkpoint::save_model_dir(&o.out.join("policy"), &lm.model, origin, o.dtype)?;
+        }
+    }
+    checkpoint::save_model_dir(&o.out, &lm.model, origin, o.dtype)?;
+    for (key, file, title) in [
+        ("reward", "reward.svg", "mean reward"),
+        ("pass_rate", "pass_rate.svg", "pass rate"),
+        ("length", "length.svg", "reply length (tokens)"),
+        ("kl", "kl.svg", "KL to the start"),
+    ] {
+        metrics::write_plot(&log_path, key, &o.out.join(file), title)?;
+    }
+    Ok(GrpoSummary { steps: o.steps, first_reward, last_reward, seconds: t0.elapsed().as_secs_f64() })
+}

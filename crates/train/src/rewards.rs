@@ -1,0 +1,112 @@
+//! Rewards for RL, scored per group of replies to one prompt:
+//! - verifiable: the task's own checker from nanbeige-eval (math answer, countdown expression,
+//!   share of code tests passed) plus a small bonus for the `<think>…</think>` answer format;
+//! - code stage two: the same, plus an efficiency term that counts only when every test passes
+//!   (the candidate's measured run time against the reference solution's on large inputs);
+//! - pair-wise: each reply's win rate against the others in its group under a preference function
+//!   (a Bradley-Terry reward model from rm.rs, or an LLM judge behind an endpoint).
+//!
+//! Not here: advantages and losses (rl.rs), the loop (grpo.rs).
+
+use crate::rl;
+use anyhow::Result;
+use nanbeige_eval::backend::Reply;
+use nanbeige_eval::items::{Gold, Item};
+use nanbeige_eval::{runner, score};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// One reply's reward and what went into it.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub reward: f64,
+    /// Fully correct (every test, the exact answer); what the pass-rate filter and metrics count.
+    pub passed: bool,
+    pub extra: Value,
+}
+
+pub trait GroupReward: Sync {
+    fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>>;
+    /// Whether the pass-rate filter applies (pair-wise rewards have no notion of passing).
+    fn has_pass(&self) -> bool {
+        true
+    }
+}
+
+/// The task's checker plus `format_weight` for the answer format.
+pub struct Verifiable {
+    pub format_weight: f64,
+    pub code_timeout: Duration,
+}
+
+impl Verifiable {
+    fn one(&self, item: &Item, r: &Reply) -> Result<Scored> {
+        let (s, extra) = runner::score_reply(item, r, self.code_timeout)?;
+        let fmt = score::format_ok(&r.text);
+        Ok(Scored { reward: s + self.format_weight * f64::from(u8::from(fmt)), passed: s >= 1.0, extra })
+    }
+}
+
+impl GroupReward for Verifiable {
+    fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
+        replies.iter().map(|r| self.one(item, r)).collect()
+    }
+}
+
+/// Code RL stage two: verifiable reward + `weight` × efficiency for replies that pass every test.
+/// Efficiency = clamp(t_reference / t_candidate, 0, 2) / 2, so matching the reference earns half
+/// the bonus and twice as fast earns all of it; times are medians of `repeats` runs of the item's
+/// large-input benchmark in the sandbox.
+pub struct CodeEfficiency {
+    pub base: Verifiable,
+    pub weight: f64,
+    pub repeats: usize,
+}
+
+impl GroupReward for CodeEfficiency {
+    fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
+        let mut out = self.base.score(item, replies)?;
+        let Gold::Code(tests) = &item.gold else { return Ok(out) };
+        let (Some(bench), Some(reference)) = (tests.bench.as_ref(), tests.reference.as_ref()) else { return Ok(out) };
+        let reference = score::time_code(reference, tests, bench, self.repeats, self.base.code_timeout)?;
+        for (s, r) in out.iter_mut().zip(replies) {
+            if !s.passed {
+                continue;
+            }
+            let code = score::extract_code(&r.text, &tests.entry_point);
+            let t = score::time_code(&code, tests, bench, self.repeats, self.base.code_timeout)?;
+            let eff = match (reference, t) {
+                (Some(tr), Some(tc)) if tc > 0.0 => (tr / tc).clamp(0.0, 2.0) / 2.0,
+                _ => 0.0,
+            };
+            s.reward += self.weight * eff;
+            if let Value::Object(m) = &mut s.extra {
+                m.insert("efficiency".into(), json!(eff));
+                m.insert("bench_s".into(), json!(t));
+                m.insert("reference_bench_s".into(), json!(reference));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A preference between two replies to the same prompt: P(a beats b).
+pub trait Preference: Sync {
+    fn prefer(&self, item: &Item, a: &Reply, b: &Reply) -> Result<f64>;
+}
+
+/// Pair-wise rewards: win rates inside the group.
+pub struct Pairwise<P: Preference> {
+    pub judge: P,
+}
+
+impl<P: Preference> GroupReward for Pairwise<P> {
+    fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
+        let w = rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?;
+        Ok(w.into_iter().map(|r| Scored { reward: r, passed: false, extra: json!({"win_rate": r}) }).collect())
+    }
+
+    fn has_pass(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,147 @@
+//! RL smoke on the tiny chat model (seconds): with a trivial reward (the share of the letter `e`
+//! in the reply) GRPO raises the mean reward; the run writes its metrics, plots and a model the
+//! engine loads. Also the pass-rate filter: groups with no signal are dropped, not trained on.
+
+use nanbeige_eval::backend::Reply;
+use nanbeige_eval::items::{self, Item, Kind};
+use nanbeige_model::synth::vocab::Vocab;
+use nanbeige_model::synth::NANBEIGE_CHAT_TEMPLATE;
+use nanbeige_train::checkpoint::Origin;
+use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
+use nanbeige_train::rewards::{GroupReward, Scored};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tiny_chat_model(dir: &Path) -> PathBuf {
+    let m = dir.join("tiny-chat");
+    std::fs::create_dir_all(&m).unwrap();
+    let src = root().join("tests/fixtures/tiny/nanbeige-tiny");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), m.join(f)).unwrap();
+    }
+    let v = Vocab::new(384).unwrap();
+    std::fs::write(m.join("tokenizer.json"), serde_json::to_string(&v.tokenizer_json()).unwrap()).unwrap();
+    std::fs::write(
+        m.join("tokenizer_config.json"),
+        serde_json::to_string(&v.tokenizer_config_json(NANBEIGE_CHAT_TEMPLATE, 4096)).unwrap(),
+    )
+    .unwrap();
+    m
+}
+
+/// Reward: the share of characters of the reply that are `e`.
+struct LetterE;
+impl GroupReward for LetterE {
+    fn score(&self, _item: &Item, replies: &[Reply]) -> anyhow::Result<Vec<Scored>> {
+        Ok(replies
+            .iter()
+            .map(|r| {
+                let n = r.text.chars().count().max(1) as f64;
+                let e = r.text.chars().filter(|&c| c == 'e').count() as f64;
+                Scored { reward: e / n, passed: false, extra: json!({}) }
+            })
+            .collect())
+    }
+    fn has_pass(&self) -> bool {
+        false
+    }
+}
+
+fn options(out: &Path, steps: u64) -> GrpoOptions {
+    GrpoOptions {
+        out: out.to_path_buf(),
+        steps,
+        prompts_per_step: 2,
+        group: 6,
+        lr: 3e-3,
+        warmup: 0,
+        max_tokens: 12,
+        temperature: 1.0,
+        eps_low: 0.2,
+        eps_high: 0.28,
+        kl: 0.0,
+        scale_std: true,
+        filter: true,
+        mask_overlong: false,
+        batch_tokens: 256,
+        rollout_batch: 12,
+        clip: 1.0,
+        seed: 3,
+        dtype: candle_core::DType::F32,
+        save_every: 0,
+        sync_every: 0,
+        quiet: true,
+    }
+}
+
+#[test]
+fn grpo_raises_a_trivial_reward() {
+    let d = std::env::temp_dir().join(format!("nanbeige-rl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let model = tiny_chat_model(&d);
+    let items: Vec<Item> = ["cat", "dog", "sun", "sea"]
+        .iter()
+        .map(|w| items::item(&json!({"question": w, "answer": "1"}), Kind::Math).unwrap())
+        .collect();
+    let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let out = d.join("out");
+    let s = grpo::train(&mut lm, None, &origin, &items, &LetterE, Sampler::Local, &options(&out, 30)).unwrap();
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 30);
+    let mean = |r: &[serde_json::Value]| r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (mean(&log[..5]), mean(&log[25..]));
+    assert!(last > first + 0.1 && last > 2.0 * first, "reward {first:.3} -> {last:.3} ({:.3} -> {:.3})", s.first_reward, s.last_reward);
+    for f in ["reward.svg", "length.svg", "model.safetensors", "config.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The saved policy loads in the engine and still prefers `e`.
+    let trained = nanbeige_engine::load(&out, &Default::default()).unwrap();
+    assert_eq!(trained.model.cfg.vocab_size, lm.model.cfg.vocab_size);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// All replies equally good: every group is filtered out and the weights do not move.
+struct Constant;
+impl GroupReward for Constant {
+    fn score(&self, _item: &Item, replies: &[Reply]) -> anyhow::Result<Vec<Scored>> {
+        Ok(replies.iter().map(|_| Scored { reward: 1.0, passed: true, extra: json!({}) }).collect())
+    }
+}
+
+#[test]
+fn groups_without_signal_are_dropped() {
+    let d = std::env::temp_dir().join(format!("nanbeige-rl-flat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let model = tiny_chat_model(&d);
+    let items = vec![items::item(&json!({"question": "cat", "answer": "1"}), Kind::Math).unwrap()];
+    let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let out = d.join("out");
+    grpo::train(&mut lm, None, &origin, &items, &Constant, Sampler::Local, &options(&out, 2)).unwrap();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for l in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["groups_kept"], 0);
+        assert_eq!(v["trained_tokens"], 0.0);
+        assert_eq!(v["pass_rate"], 1.0);
+    }
+    let before = candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let after = candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let w = "model.layers.0.mlp.down_proj.weight";
+    let diff = (&before[w] - &after[w]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0, "no update without signal");
+    std::fs::remove_dir_all(&d).unwrap();
+}
