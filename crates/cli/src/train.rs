@@ -25,6 +25,13 @@ enum TrainCmd {
     /// Point-wise RL (GRPO): groups of sampled replies, verifiable rewards (math, code tests, code
     /// efficiency with --efficiency), group-normalized advantages, clipped token-level loss.
     Grpo(crate::train_rl::RlArgs),
+    /// Pair-wise RL: the GRPO loop with rewards = win rates inside each group, under a reward
+    /// model (--rm) or an LLM judge (--judge URL).
+    Pairwise(crate::train_rl::PairwiseArgs),
+    /// Train a pairwise reward model (scalar head, Bradley-Terry loss) on preference pairs.
+    Rm(crate::train_rl::PairArgs),
+    /// Offline DPO on preference pairs.
+    Dpo(crate::train_rl::PairArgs),
     /// Training throughput: forward + backward tokens/s on one packed row (and the AdamW step).
     Bench(BenchArgs),
     /// Write a model (e.g. a GGUF, dequantized) as an HF safetensors directory, as training saves.
@@ -223,6 +230,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         TrainCmd::Distill(d) => distill_cmd(d),
         TrainCmd::Grpo(g) => crate::train_rl::grpo_cmd(g),
+        TrainCmd::Pairwise(p) => crate::train_rl::pairwise_cmd(p),
+        TrainCmd::Rm(p) => crate::train_rl::rm_cmd(p),
+        TrainCmd::Dpo(p) => crate::train_rl::dpo_cmd(p),
         TrainCmd::Bench(b) => bench_cmd(b),
         TrainCmd::Export(e) => {
             let model = hub::resolve(e.model.as_deref())?;

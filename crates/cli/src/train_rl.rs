@@ -1,4 +1,4 @@
-//! `nanbeige train grpo|pairwise`: argument parsing for the RL stages of nanbeige-train (grpo.rs,
+//! `nanbeige train grpo|pairwise|rm|dpo`: argument parsing for the RL stages of nanbeige-train (grpo.rs,
 //! rewards.rs). Prompts come from a built-in generator's train split or a JSONL file of eval items;
 //! rollouts from the policy itself or an OpenAI-compatible endpoint.
 
@@ -10,7 +10,9 @@ use nanbeige_eval::items::{self, Kind};
 use nanbeige_eval::tasks::Split;
 use nanbeige_train::checkpoint::Origin;
 use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
-use nanbeige_train::rewards::{CodeEfficiency, GroupReward, Verifiable};
+use nanbeige_train::distill::{self, DpoOptions, Pair};
+use nanbeige_train::rewards::{CodeEfficiency, GroupReward, Judge, Pairwise, Verifiable};
+use nanbeige_train::rm::{self, RewardModel, RmOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -214,4 +216,132 @@ pub fn grpo_cmd(a: RlArgs) -> Result<()> {
     } else {
         run(&a, &a.verifiable())
     }
+}
+
+#[derive(Args)]
+pub struct PairwiseArgs {
+    /// Reward model directory (from `train rm`): win rates from σ(r_i - r_j).
+    #[arg(long)]
+    rm: Option<PathBuf>,
+    /// Or an LLM judge behind this OpenAI-compatible server (each pair judged in both orders).
+    #[arg(long)]
+    judge: Option<String>,
+    #[arg(long)]
+    judge_model: Option<String>,
+    #[command(flatten)]
+    rl: RlArgs,
+}
+
+pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
+    match (&a.rm, &a.judge) {
+        (Some(dir), None) => {
+            let rm = RewardModel::load(dir)?;
+            run(&a.rl, &Pairwise { judge: rm })
+        }
+        (None, Some(url)) => {
+            let e = Endpoint::new(url, a.judge_model.clone(), a.rl.api_key.clone(), Duration::from_secs(600))?;
+            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 } })
+        }
+        _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),
+    }
+}
+
+/// Flags of the preference-pair trainers (reward model, offline DPO).
+#[derive(Args)]
+pub struct PairArgs {
+    /// Starting model: HF directory, .gguf (dequantized), or a short name.
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// Preference pairs, JSONL: {"prompt": [messages] | "text", "chosen": msg | "text", "rejected": ...}.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimizer steps (default: one epoch).
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    pairs_per_step: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// DPO: strength of the preference.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Hold out every k-th pair and report accuracy on them (0: none).
+    #[arg(long, default_value_t = 5)]
+    holdout: usize,
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn load_pairs(a: &PairArgs) -> Result<(PathBuf, nanbeige_engine::LoadedModel, Origin, Vec<Pair>, Vec<Pair>)> {
+    let model = hub::resolve(a.model.as_deref())?;
+    let lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, !a.quiet)?;
+    let (text, _) = nanbeige_engine::load::load_text(&model)?;
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let recs = rm::read_pairs(&a.data)?;
+    let pairs = rm::tokenize_pairs(&lm, &recs);
+    let (train, test) = rm::split_pairs(pairs, a.holdout);
+    if train.is_empty() {
+        bail!("{}: no pairs left to train on", a.data.display());
+    }
+    Ok((model, lm, origin, train, test))
+}
+
+pub fn rm_cmd(a: PairArgs) -> Result<()> {
+    let (_, lm, origin, train, test) = load_pairs(&a)?;
+    let mut model = RewardModel::new(lm)?;
+    let o = RmOptions {
+        out: a.out.clone(),
+        steps: a.steps.unwrap_or(train.len().div_ceil(a.pairs_per_step.max(1)) as u64),
+        pairs_per_step: a.pairs_per_step,
+        lr: a.lr,
+        clip: a.clip,
+        seed: a.seed,
+        quiet: a.quiet,
+    };
+    let s = rm::train_rm(&mut model, &origin, &train, &o)?;
+    let held = if test.is_empty() { String::new() } else { format!(", held-out accuracy {:.3} on {} pairs", rm::accuracy(&model, &test)?, test.len()) };
+    println!(
+        "reward model: {} steps on {} pairs, loss {:.4} -> {:.4}, train accuracy {:.3}{held}, {:.0}s; saved to {}",
+        s.steps,
+        train.len(),
+        s.first_loss,
+        s.last_loss,
+        s.train_accuracy,
+        s.seconds,
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn dpo_cmd(a: PairArgs) -> Result<()> {
+    let (_, mut lm, origin, train, test) = load_pairs(&a)?;
+    let o = DpoOptions {
+        out: a.out.clone(),
+        steps: a.steps.unwrap_or(train.len().div_ceil(a.pairs_per_step.max(1)) as u64),
+        pairs_per_step: a.pairs_per_step,
+        lr: a.lr,
+        beta: a.beta,
+        clip: a.clip,
+        seed: a.seed,
+        dtype: candle_core::DType::F32,
+    };
+    let r = distill::train_dpo(&mut lm, &origin, &train, &o)?;
+    println!(
+        "DPO on {} pairs ({} held out), {} steps: loss {:.4} -> {:.4}, reward accuracy {:.2} at the end, {:.1}s; model saved to {}",
+        train.len(),
+        test.len(),
+        r.steps,
+        r.first_loss,
+        r.last_loss,
+        r.last_accuracy,
+        r.seconds,
+        a.out.display()
+    );
+    Ok(())
 }

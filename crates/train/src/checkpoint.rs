@@ -49,7 +49,7 @@ pub fn to_hf_layout(cfg: &Config, name: &str, t: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut meta = HashMap::new();
     // transformers refuses safetensors files without this marker.
     meta.insert("format".to_string(), "pt".to_string());

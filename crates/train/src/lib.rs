@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod optim;
 pub mod rewards;
 pub mod rl;
+pub mod rm;
 pub mod schedule;
 pub mod sft;

@@ -93,6 +93,11 @@ impl GroupReward for CodeEfficiency {
 /// A preference between two replies to the same prompt: P(a beats b).
 pub trait Preference: Sync {
     fn prefer(&self, item: &Item, a: &Reply, b: &Reply) -> Result<f64>;
+    /// A Bradley-Terry scorer gives one scalar per reply, with P(i beats j) = σ(r_i - r_j);
+    /// judges that only compare return None.
+    fn rewards(&self, _item: &Item, _replies: &[Reply]) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
 }
 
 /// Pair-wise rewards: win rates inside the group.
@@ -102,11 +107,81 @@ pub struct Pairwise<P: Preference> {
 
 impl<P: Preference> GroupReward for Pairwise<P> {
     fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
-        let w = rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?;
+        let w = match self.judge.rewards(item, replies)? {
+            Some(r) => rl::win_rates(replies.len(), |i, j| Ok(1.0 / (1.0 + (r[j] - r[i]).exp())))?,
+            None => rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?,
+        };
         Ok(w.into_iter().map(|r| Scored { reward: r, passed: false, extra: json!({"win_rate": r}) }).collect())
     }
 
     fn has_pass(&self) -> bool {
         false
+    }
+}
+
+/// An LLM judge behind any backend (usually an endpoint): shown the prompt and two replies, it
+/// answers A or B. Each pair is judged in both orders and averaged, which cancels position bias;
+/// an answer naming neither counts as a tie.
+pub struct Judge<'a> {
+    pub backend: &'a dyn nanbeige_eval::backend::Backend,
+    pub max_tokens: usize,
+}
+
+/// The judge's verdict: 1.0 for A, 0.0 for B, 0.5 when it names neither or both.
+pub fn parse_verdict(text: &str) -> f64 {
+    let t = score::answer_part(text);
+    let words: Vec<&str> = t.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let a = words.iter().any(|w| *w == "A");
+    let b = words.iter().any(|w| *w == "B");
+    match (a, b) {
+        (true, false) => 1.0,
+        (false, true) => 0.0,
+        _ => 0.5,
+    }
+}
+
+impl Judge<'_> {
+    fn ask(&self, question: &str, first: &str, second: &str, seed: u64) -> Result<f64> {
+        let prompt = format!(
+            "You are judging two answers to the same question. Pick the better one: correct first, then clear and concise.\n\n\
+             Question:\n{question}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\nReply with exactly one letter: A or B."
+        );
+        let sampling = nanbeige_eval::backend::Sampling { max_tokens: self.max_tokens, temperature: 0.0, top_p: 1.0 };
+        let r = self.backend.chat(&json!([{"role": "user", "content": prompt}]), None, &sampling, seed)?;
+        Ok(parse_verdict(&r.text))
+    }
+}
+
+/// The question of an item as plain text (its last user message).
+pub fn question_text(item: &Item) -> String {
+    item.messages
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Preference for Judge<'_> {
+    fn prefer(&self, item: &Item, a: &Reply, b: &Reply) -> Result<f64> {
+        let q = question_text(item);
+        let (ta, tb) = (score::answer_part(&a.text), score::answer_part(&b.text));
+        let ab = self.ask(&q, ta, tb, 0)?;
+        let ba = self.ask(&q, tb, ta, 1)?;
+        Ok((ab + (1.0 - ba)) / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(parse_verdict("A"), 1.0);
+        assert_eq!(parse_verdict("<think>A looks wrong, B</think>\n\nB"), 0.0);
+        assert_eq!(parse_verdict("Answer B is better."), 0.0);
+        assert_eq!(parse_verdict("Both A and B"), 0.5);
+        assert_eq!(parse_verdict("neither"), 0.5);
     }
 }

@@ -145,3 +145,45 @@ fn groups_without_signal_are_dropped() {
     assert_eq!(diff, 0.0, "no update without signal");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A reward model learns a preference (replies naming the right animal sound over a wrong one),
+/// saves, loads back, and its pair-wise win rates rank a group the same way.
+#[test]
+fn reward_model_learns_pairs_and_ranks_groups() {
+    use nanbeige_train::rewards::Pairwise;
+    use nanbeige_train::rm::{self, RewardModel, RmOptions};
+    let d = std::env::temp_dir().join(format!("nanbeige-rm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let model = tiny_chat_model(&d);
+    let sounds = [("cat", "meow", "moo"), ("dog", "woof", "meow"), ("cow", "moo", "woof")];
+    let mut lines = String::new();
+    for i in 0..24 {
+        let (a, good, bad) = sounds[i % 3];
+        lines += &format!("{}\n", json!({"prompt": format!("{a} says?"), "chosen": good, "rejected": bad}));
+    }
+    lines += "{not json\n";
+    std::fs::write(d.join("pairs.jsonl"), lines).unwrap();
+    let recs = rm::read_pairs(&d.join("pairs.jsonl")).unwrap();
+    assert_eq!(recs.len(), 24, "the bad line is skipped");
+    let lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let pairs = rm::tokenize_pairs(&lm, &recs);
+    let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let mut rmodel = RewardModel::new(lm).unwrap();
+    assert_eq!(rm::accuracy(&rmodel, &pairs).unwrap(), 0.0, "a zero head ties every pair");
+    let out = d.join("rm");
+    let o = RmOptions { out: out.clone(), steps: 30, pairs_per_step: 4, lr: 1e-3, clip: 1.0, seed: 1, quiet: true };
+    let s = rm::train_rm(&mut rmodel, &origin, &pairs, &o).unwrap();
+    assert!(s.last_loss < 0.3 * s.first_loss, "{} -> {}", s.first_loss, s.last_loss);
+    assert_eq!(s.train_accuracy, 1.0);
+    let loaded = RewardModel::load(&out).unwrap();
+    assert_eq!(rm::accuracy(&loaded, &pairs).unwrap(), 1.0);
+    // Win rates inside a group follow the learned preference.
+    let item = items::item(&json!({"question": "dog says?", "answer": "1"}), Kind::Math).unwrap();
+    let replies: Vec<Reply> =
+        ["meow", "woof", "moo"].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
+    let w = Pairwise { judge: loaded }.score(&item, &replies).unwrap();
+    assert!(w[1].reward > w[0].reward && w[1].reward > w[2].reward, "{:?}", w.iter().map(|s| s.reward).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&d).unwrap();
+}
