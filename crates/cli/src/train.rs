@@ -32,6 +32,9 @@ enum TrainCmd {
     Rm(crate::train_rl::PairArgs),
     /// Offline DPO on preference pairs.
     Dpo(crate::train_rl::PairArgs),
+    /// Agent trajectories (`research --log`) to SFT data with a turn filter, and agentic RL with
+    /// the final reward credited to the turns.
+    Trajectories(crate::train_rl::TrajectoryArgs),
     /// Training throughput: forward + backward tokens/s on one packed row (and the AdamW step).
     Bench(BenchArgs),
     /// Write a model (e.g. a GGUF, dequantized) as an HF safetensors directory, as training saves.
@@ -233,6 +236,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         TrainCmd::Pairwise(p) => crate::train_rl::pairwise_cmd(p),
         TrainCmd::Rm(p) => crate::train_rl::rm_cmd(p),
         TrainCmd::Dpo(p) => crate::train_rl::dpo_cmd(p),
+        TrainCmd::Trajectories(t) => crate::train_rl::trajectories_cmd(t),
         TrainCmd::Bench(b) => bench_cmd(b),
         TrainCmd::Export(e) => {
             let model = hub::resolve(e.model.as_deref())?;

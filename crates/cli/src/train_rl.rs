@@ -1,4 +1,4 @@
-//! `nanbeige train grpo|pairwise|rm|dpo`: argument parsing for the RL stages of nanbeige-train (grpo.rs,
+//! `nanbeige train grpo|pairwise|rm|dpo|trajectories`: argument parsing for the RL stages of nanbeige-train (grpo.rs,
 //! rewards.rs). Prompts come from a built-in generator's train split or a JSONL file of eval items;
 //! rollouts from the policy itself or an OpenAI-compatible endpoint.
 
@@ -13,6 +13,7 @@ use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
 use nanbeige_train::distill::{self, DpoOptions, Pair};
 use nanbeige_train::rewards::{CodeEfficiency, GroupReward, Judge, Pairwise, Verifiable};
 use nanbeige_train::rm::{self, RewardModel, RmOptions};
+use nanbeige_train::trajectory;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -343,5 +344,80 @@ pub fn dpo_cmd(a: PairArgs) -> Result<()> {
         r.seconds,
         a.out.display()
     );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TrajectoryArgs {
+    /// Trajectory logs written by `nanbeige research --log` (several runs per file are fine).
+    #[arg(long, required = true, num_args = 1..)]
+    log: Vec<PathBuf>,
+    /// Gold answers, JSONL {"question", "answer"}: a run's reward is whether its answer contains
+    /// the gold one (default: answered with valid citations).
+    #[arg(long)]
+    gold: Option<PathBuf>,
+    /// SFT data out: the kept turns of runs with reward ≥ --min-reward, as chat JSONL.
+    #[arg(long)]
+    sft_out: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0)]
+    min_reward: f64,
+    /// Agentic RL: train this model on the kept turns, each with its credited advantage.
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// Output directory of the agentic RL model.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Discount of the final reward toward earlier turns.
+    #[arg(long, default_value_t = 0.9)]
+    gamma: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 8)]
+    turns_per_step: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn trajectories_cmd(a: TrajectoryArgs) -> Result<()> {
+    let mut runs = vec![];
+    for p in &a.log {
+        runs.extend(trajectory::read_runs(p)?);
+    }
+    let gold = match &a.gold {
+        Some(p) => trajectory::read_gold(p)?,
+        None => Default::default(),
+    };
+    let turns: usize = runs.iter().map(|r| r.turns.len()).sum();
+    let kept: usize = runs.iter().map(|r| trajectory::keep_turns(r).iter().filter(|&&k| k).count()).sum();
+    let rewarded = runs.iter().filter(|r| trajectory::run_reward(r, gold.get(r.question.trim()).map(String::as_str)) >= a.min_reward).count();
+    eprintln!("{} runs, {turns} turns, {kept} kept by the turn filter; {rewarded} runs with reward ≥ {}", runs.len(), a.min_reward);
+    if a.sft_out.is_none() && a.model.is_none() {
+        bail!("nothing to do: give --sft-out FILE (SFT data) and/or --model M --out DIR (agentic RL)");
+    }
+    if let Some(path) = &a.sft_out {
+        let recs = trajectory::sft_records(&runs, &gold, a.min_reward);
+        let mut s = String::new();
+        for r in &recs {
+            s += &format!("{}\n", serde_json::to_string(r)?);
+        }
+        std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} SFT examples to {}", recs.len(), path.display());
+    }
+    if let Some(m) = &a.model {
+        let out = a.out.clone().context("agentic RL needs --out DIR")?;
+        let model = hub::resolve(Some(m))?;
+        let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, true)?;
+        let (text, _) = nanbeige_engine::load::load_text(&model)?;
+        let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+        let credits = trajectory::credit(&runs, &gold, a.gamma);
+        let mut o = GrpoOptions::for_offline(out.clone(), a.lr, a.seed);
+        o.batch_tokens = a.batch_tokens;
+        let steps = trajectory::train_agentic(&mut lm, &origin, &runs, &credits, &o, a.turns_per_step, a.epochs)?;
+        println!("agentic RL: {} credited turns, {steps} steps; model saved to {}", credits.len(), out.display());
+    }
     Ok(())
 }

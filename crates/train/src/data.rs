@@ -66,7 +66,8 @@ pub fn tokenize_chat(
     // Character spans [start, end) of the assistant turns in `full`.
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
-        if m["role"] != "assistant" {
+        // `"weight": 0` marks an assistant turn as context only (trajectory histories).
+        if m["role"] != "assistant" || m.get("weight").and_then(Value::as_f64) == Some(0.0) {
             continue;
         }
         let start = if i == 0 { String::new() } else { render(i, true)? };

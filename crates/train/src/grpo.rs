@@ -61,6 +61,36 @@ pub struct GrpoOptions {
     pub quiet: bool,
 }
 
+impl GrpoOptions {
+    /// Settings for updates on logged data (no rollouts): the clip and loss as GRPO's defaults.
+    pub fn for_offline(out: PathBuf, lr: f64, seed: u64) -> Self {
+        GrpoOptions {
+            out,
+            steps: 0,
+            prompts_per_step: 0,
+            group: 0,
+            lr,
+            warmup: 0,
+            max_tokens: 0,
+            temperature: 1.0,
+            eps_low: 0.2,
+            eps_high: 0.28,
+            kl: 0.0,
+            scale_std: true,
+            filter: true,
+            mask_overlong: true,
+            batch_tokens: 4096,
+            rollout_batch: 1,
+            clip: 1.0,
+            seed,
+            dtype: DType::F32,
+            save_every: 0,
+            sync_every: 0,
+            quiet: false,
+        }
+    }
+}
+
 /// One sampled reply with the tokens the update trains on.
 pub struct Rollout {
     pub prompt_ids: Vec<u32>,
@@ -166,16 +196,17 @@ pub fn rollouts_remote(
     Ok(out)
 }
 
-/// A training sequence: prompt + reply, the reply's tokens weighted, with its advantage.
-struct Seq {
-    ids: Vec<u32>,
-    prompt_len: usize,
-    adv: f32,
-    weight: f32,
+/// A training sequence: its tokens, which of them are the reply (trained), and its advantage.
+pub struct Seq {
+    pub ids: Vec<u32>,
+    pub mask: Vec<bool>,
+    pub adv: f32,
+    /// 0 excludes the sequence from the loss (a masked overlong reply).
+    pub weight: f32,
 }
 
 /// Rows of at most `batch_tokens` tokens (a longer sequence gets a row of its own), with the
-/// advantage and weight of each position's prediction.
+/// advantage of each position's prediction.
 fn pack(seqs: &[Seq], batch_tokens: usize) -> Vec<(Packed, Vec<f32>)> {
     let mut rows: Vec<(Packed, Vec<f32>)> = vec![];
     let mut cur = (Packed::default(), vec![]);
@@ -183,11 +214,7 @@ fn pack(seqs: &[Seq], batch_tokens: usize) -> Vec<(Packed, Vec<f32>)> {
         if !cur.0.is_empty() && cur.0.len() + s.ids.len() > batch_tokens {
             rows.push(std::mem::take(&mut cur));
         }
-        let ex = crate::data::Example {
-            ids: s.ids.clone(),
-            mask: (0..s.ids.len()).map(|i| i >= s.prompt_len).collect(),
-            line: 0,
-        };
+        let ex = crate::data::Example { ids: s.ids.clone(), mask: s.mask.clone(), line: 0 };
         let start = cur.0.len();
         cur.0.push(&ex);
         for w in &mut cur.0.weights[start..] {
@@ -199,6 +226,58 @@ fn pack(seqs: &[Seq], batch_tokens: usize) -> Vec<(Packed, Vec<f32>)> {
         rows.push(cur);
     }
     rows
+}
+
+/// What one policy update did.
+#[derive(Default)]
+pub struct StepStats {
+    pub trained_tokens: f64,
+    pub loss: f64,
+    /// Mean k3 KL per trained token (0 without a reference).
+    pub kl: f64,
+    pub grad_norm: f64,
+}
+
+/// One optimizer step of the clipped policy-gradient loss over `seqs`, normalized by their total
+/// trained tokens, plus `kl` × the k3 KL to `reference`. Rows are accumulated, so memory is bounded
+/// by `batch_tokens`. Nothing happens when no token is trained.
+#[allow(clippy::too_many_arguments)]
+pub fn policy_step(
+    model: &Llama,
+    opt: &mut AdamW,
+    reference: Option<&Llama>,
+    seqs: &[Seq],
+    o: &GrpoOptions,
+    lr: f64,
+) -> Result<StepStats> {
+    let rows = pack(seqs, o.batch_tokens);
+    let total: f64 = rows.iter().map(|(r, _)| r.weights.iter().map(|&w| w as f64).sum::<f64>()).sum();
+    let mut st = StepStats { trained_tokens: total, ..Default::default() };
+    if total == 0.0 {
+        return Ok(st);
+    }
+    let mut grads = GradAccum::new(opt);
+    let mut kl_sum = 0.0;
+    for (row, adv) in &rows {
+        let logits = model.forward_packed(&row.ids, &row.positions, &row.segments)?;
+        let logp = loss::token_logprobs(&logits, &row.targets)?;
+        // One update per batch: the sampling policy is the current one, so old = logp.
+        let old = logp.detach().to_vec1::<f32>()?;
+        let mut l = rl::clipped_policy_loss(&logp, &old, adv, &row.weights, o.eps_low, o.eps_high)?;
+        if let (Some(r), true) = (reference, o.kl > 0.0) {
+            let ref_lp = row_logprobs(r, row)?;
+            let kl = rl::kl_k3_sum(&logp, &ref_lp, &row.weights)?;
+            kl_sum += kl.to_scalar::<f32>()? as f64;
+            l = (l + (kl * o.kl)?)?;
+        }
+        let l = (l / total)?;
+        st.loss += l.to_scalar::<f32>()? as f64;
+        grads.add(opt, &l.backward()?)?;
+    }
+    st.grad_norm = grads.clip(o.clip);
+    opt.step(&grads.grads, lr)?;
+    st.kl = kl_sum / total;
+    Ok(st)
 }
 
 /// Log-probs of a packed row's targets under `model`, without a graph (reference policy).
@@ -287,7 +366,8 @@ pub fn train(
                 let weight = if o.mask_overlong && r.truncated { 0.0 } else { 1.0 };
                 let mut ids = r.prompt_ids.clone();
                 ids.extend(&r.completion_ids);
-                seqs.push(Seq { ids, prompt_len: r.prompt_ids.len(), adv: a as f32, weight });
+                let mask = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
+                seqs.push(Seq { ids, mask, adv: a as f32, weight });
             }
         }
         let mean_reward = rewards_all.iter().sum::<f64>() / rewards_all.len().max(1) as f64;
@@ -296,39 +376,16 @@ pub fn train(
         }
         last_reward = mean_reward;
         // The update: one optimizer step over every kept sequence.
-        let rows = pack(&seqs, o.batch_tokens);
-        let total: f64 = rows.iter().map(|(r, _)| r.weights.iter().map(|&w| w as f64).sum::<f64>()).sum();
-        let (mut loss_sum, mut kl_sum, mut gnorm) = (0.0, 0.0, 0.0);
         let tu = Instant::now();
-        if total > 0.0 {
-            let mut grads = GradAccum::new(&opt);
-            for (row, adv) in &rows {
-                let logits = lm.model.forward_packed(&row.ids, &row.positions, &row.segments)?;
-                let logp = loss::token_logprobs(&logits, &row.targets)?;
-                // One update per batch: the sampling policy is the current one, so old = logp.
-                let old = logp.detach().to_vec1::<f32>()?;
-                let mut l = rl::clipped_policy_loss(&logp, &old, adv, &row.weights, o.eps_low, o.eps_high)?;
-                if let (Some(r), true) = (reference, o.kl > 0.0) {
-                    let ref_lp = row_logprobs(&r.model, row)?;
-                    let kl = rl::kl_k3_sum(&logp, &ref_lp, &row.weights)?;
-                    kl_sum += kl.to_scalar::<f32>()? as f64;
-                    l = (l + (kl * o.kl)?)?;
-                }
-                let l = (l / total)?;
-                loss_sum += l.to_scalar::<f32>()? as f64;
-                grads.add(&opt, &l.backward()?)?;
-            }
-            gnorm = grads.clip(o.clip);
-            let lr = if step < o.warmup { o.lr * (step + 1) as f64 / o.warmup as f64 } else { o.lr };
-            opt.step(&grads.grads, lr)?;
-        }
+        let lr = if step < o.warmup { o.lr * (step + 1) as f64 / o.warmup as f64 } else { o.lr };
+        let st = policy_step(&lm.model, &mut opt, reference.map(|r| &r.model), &seqs, o, lr)?;
         let update_s = tu.elapsed().as_secs_f64();
         let n = rewards_all.len().max(1) as f64;
         let rec = json!({
             "step": step, "reward": mean_reward, "pass_rate": passed as f64 / n,
             "length": lens.iter().sum::<f64>() / lens.len().max(1) as f64, "truncated": truncated as f64 / n,
-            "groups": batch.len(), "groups_kept": kept, "trained_tokens": total, "loss": loss_sum,
-            "kl": if total > 0.0 { kl_sum / total } else { 0.0 }, "grad_norm": gnorm,
+            "groups": batch.len(), "groups_kept": kept, "trained_tokens": st.trained_tokens, "loss": st.loss,
+            "kl": st.kl, "grad_norm": st.grad_norm,
             "rollout_s": rollout_s, "update_s": update_s, "elapsed_s": t0.elapsed().as_secs_f64(), "samples": samples,
         });
         log.write(&rec)?;

@@ -22,3 +22,4 @@ pub mod rl;
 pub mod rm;
 pub mod schedule;
 pub mod sft;
+pub mod trajectory;
