@@ -187,3 +187,32 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     assert!(w[1].reward > w[0].reward && w[1].reward > w[2].reward, "{:?}", w.iter().map(|s| s.reward).collect::<Vec<_>>());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Code RL stage two: among replies that pass every test the faster one earns more; a failing
+/// reply earns no efficiency term however fast it is.
+#[test]
+fn efficiency_counts_only_for_passing_code() {
+    use nanbeige_train::rewards::{CodeEfficiency, Verifiable};
+    let item = items::item(
+        &json!({"question": "sum", "messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
+            "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
+            "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(4000)),)"}),
+        Kind::Code,
+    )
+    .unwrap();
+    let fast = "<think>\nsum\n</think>\n\n```python\ndef f(xs):\n    return sum(xs)\n```";
+    let slow = "<think>\nloop\n</think>\n\n```python\ndef f(xs):\n    t = 0\n    for i in range(len(xs)):\n        if sum(xs[:i]) >= -1:\n            t += xs[i]\n    return t\n```";
+    let wrong = "<think>\nzero\n</think>\n\n```python\ndef f(xs):\n    return 0\n```";
+    let replies: Vec<Reply> = [fast, slow, wrong].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
+    let base = Verifiable { format_weight: 0.1, code_timeout: std::time::Duration::from_secs(20) };
+    let plain = base.score(&item, &replies).unwrap();
+    assert_eq!(plain.iter().map(|s| s.passed).collect::<Vec<_>>(), vec![true, true, false]);
+    assert!((plain[0].reward - 1.1).abs() < 1e-9 && (plain[1].reward - 1.1).abs() < 1e-9);
+    assert!((plain[2].reward - 0.6).abs() < 1e-9, "half the tests (the empty list) + format: {}", plain[2].reward);
+    let eff = CodeEfficiency { base, weight: 0.5, repeats: 3 };
+    let r = eff.score(&item, &replies).unwrap();
+    assert!(r[0].reward > r[1].reward + 0.1, "fast {} vs slow {}: {:?}", r[0].reward, r[1].reward, r[1].extra);
+    assert!(r[1].reward > 1.1 - 1e-9, "a passing reply never loses reward to the efficiency term");
+    assert_eq!(r[2].reward, plain[2].reward, "no efficiency term without passing every test");
+    assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.3, "{:?}", r[0].extra);
+}
