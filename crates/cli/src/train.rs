@@ -178,6 +178,9 @@ pub struct DistillArgs {
     /// dpo: pairs per optimizer step.
     #[arg(long, default_value_t = 4)]
     pairs_per_step: usize,
+    /// seq: teacher answers decoded together in one batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
     #[command(flatten)]
     common: LoopArgs,
 }
@@ -305,7 +308,7 @@ fn distill_cmd(d: DistillArgs) -> Result<()> {
             if !(o.resume && gen.is_file()) {
                 let t = nanbeige_engine::load(&teacher, &Default::default())?;
                 let prompts = distill::read_prompts(&data)?;
-                let n = distill::teacher_data(&t, &prompts, &gen, &params)?;
+                let n = distill::teacher_data(&t, &prompts, &gen, &params, d.batch)?;
                 eprintln!("wrote {n} teacher answers to {}", gen.display());
             }
             o.data = Some(gen);

@@ -16,7 +16,7 @@ use crate::optim::{AdamW, GradAccum};
 use crate::sft;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use nanbeige_engine::{prompt, GenParams, LoadedModel, SamplingParams, Session};
+use nanbeige_engine::{generate_batch, prompt, BatchRequest, GenParams, LoadedModel, SamplingParams, Session};
 use nanbeige_model::Llama;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -59,12 +59,7 @@ pub fn sample_reply(lm: &LoadedModel, messages: &Value, tools: Option<&Value>, p
     let p = prompt::chat_prompt(&lm.text, lm.template.as_ref(), messages, tools, true)?;
     let mut session = Session::new(lm);
     let g = nanbeige_engine::generate(lm, &mut session, &p.ids, p.opened_think, params, None, &mut |_| {})?;
-    let parsed = prompt::parse_reply(&g.text, p.opened_think, false);
-    let mut msg = json!({"role": "assistant", "content": parsed.content.trim()});
-    if let Some(r) = parsed.reasoning.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
-        msg["reasoning_content"] = json!(r);
-    }
-    Ok(msg)
+    Ok(reply_message(&g.text, p.opened_think, false))
 }
 
 pub fn gen_params(max_tokens: usize, temperature: f32, seed: u64) -> GenParams {
@@ -79,31 +74,54 @@ pub fn gen_params(max_tokens: usize, temperature: f32, seed: u64) -> GenParams {
     }
 }
 
-/// Sequence-level distillation data: the teacher answers every prompt; writes chat JSONL to `out`.
-/// Returns the number of lines written.
+/// Sequence-level distillation data: the teacher answers every prompt (`batch` sequences decoded
+/// together); writes chat JSONL to `out`. Returns the number of lines written.
 pub fn teacher_data(
     teacher: &LoadedModel,
     prompts: &[(Value, Option<Value>)],
     out: &Path,
     params: &GenParams,
+    batch: usize,
 ) -> Result<usize> {
     let mut f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let t0 = Instant::now();
-    for (i, (msgs, tools)) in prompts.iter().enumerate() {
-        let mut p = params.clone();
-        p.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
-        let reply = sample_reply(teacher, msgs, tools.as_ref(), &p)?;
-        let mut all = msgs.as_array().cloned().unwrap_or_default();
-        all.push(reply);
-        let mut line = json!({"messages": all});
-        if let Some(t) = tools {
-            line["tools"] = t.clone();
+    let mut done = 0;
+    // Chunks keep the file growing (and progress visible) while the batch stays full.
+    for (c, chunk) in prompts.chunks(4 * batch.max(1)).enumerate() {
+        let mut reqs = vec![];
+        for (k, (msgs, tools)) in chunk.iter().enumerate() {
+            let i = c * 4 * batch.max(1) + k;
+            let p = prompt::chat_prompt(&teacher.text, teacher.template.as_ref(), msgs, tools.as_ref(), true)?;
+            let mut gp = params.clone();
+            gp.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            reqs.push(BatchRequest { prompt: p.ids, opened_think: p.opened_think, params: gp });
         }
-        writeln!(f, "{}", serde_json::to_string(&line)?)?;
-        eprint!("\rteacher answered {}/{} prompts ({:.0}s)", i + 1, prompts.len(), t0.elapsed().as_secs_f64());
+        let gens = generate_batch(teacher, &reqs, batch, &mut |_, _| {});
+        for (((msgs, tools), r), g) in chunk.iter().zip(&reqs).zip(gens) {
+            let g = g?;
+            let mut all = msgs.as_array().cloned().unwrap_or_default();
+            all.push(reply_message(&g.text, r.opened_think, tools.is_some()));
+            let mut line = json!({"messages": all});
+            if let Some(t) = tools {
+                line["tools"] = t.clone();
+            }
+            writeln!(f, "{}", serde_json::to_string(&line)?)?;
+            done += 1;
+        }
+        eprint!("\rteacher answered {done}/{} prompts ({:.0}s)", prompts.len(), t0.elapsed().as_secs_f64());
     }
     eprintln!();
     Ok(prompts.len())
+}
+
+/// A generated text as the assistant message (reasoning apart when the model thought).
+fn reply_message(text: &str, opened_think: bool, with_tools: bool) -> Value {
+    let parsed = prompt::parse_reply(text, opened_think, with_tools);
+    let mut msg = json!({"role": "assistant", "content": parsed.content.trim()});
+    if let Some(r) = parsed.reasoning.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        msg["reasoning_content"] = json!(r);
+    }
+    msg
 }
 
 /// A preference pair: the same prompt with a preferred and a dispreferred reply, tokenized with
