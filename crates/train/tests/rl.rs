@@ -216,3 +216,41 @@ fn efficiency_counts_only_for_passing_code() {
     assert_eq!(r[2].reward, plain[2].reward, "no efficiency term without passing every test");
     assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.3, "{:?}", r[0].extra);
 }
+
+/// `"weight": 0` on an assistant turn makes it context only: trajectory histories train just the
+/// turn itself.
+#[test]
+fn weight_zero_turns_are_context_only() {
+    let d = std::env::temp_dir().join(format!("nanbeige-w0-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let model = tiny_chat_model(&d);
+    // Plain ChatML renders every turn the same way (Nanbeige's template rewrites earlier turns, so
+    // they are context only already).
+    let chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let v = Vocab::new(384).unwrap();
+    std::fs::write(model.join("tokenizer_config.json"), serde_json::to_string(&v.tokenizer_config_json(chatml, 4096)).unwrap())
+        .unwrap();
+    let lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let t = lm.template.as_ref().unwrap();
+    let conv = |w: Option<i64>| {
+        let mut first = json!({"role": "assistant", "content": "first reply here"});
+        if let Some(w) = w {
+            first["weight"] = json!(w);
+        }
+        json!([{"role": "user", "content": "a"}, first, {"role": "user", "content": "b"},
+               {"role": "assistant", "content": "second"}])
+    };
+    // (Token ids may differ at span edges: spans are tokenized piecewise.)
+    let (_, mask_all) = nanbeige_train::data::tokenize_chat(&lm.text, t, &conv(None), None).unwrap();
+    let (_, mask_w0) = nanbeige_train::data::tokenize_chat(&lm.text, t, &conv(Some(0)), None).unwrap();
+    let n = |m: &[bool]| m.iter().filter(|&&x| x).count();
+    let only_second = json!([{"role": "user", "content": "b"}, {"role": "assistant", "content": "second"}]);
+    let (_, mask_second) = nanbeige_train::data::tokenize_chat(&lm.text, t, &only_second, None).unwrap();
+    assert_eq!(n(&mask_w0), n(&mask_second), "only the second reply is trained");
+    assert!(n(&mask_all) > n(&mask_w0));
+    // The trained tokens are the last ones of the conversation (the second reply and its end).
+    let first_trained = mask_w0.iter().position(|&m| m).unwrap();
+    assert!(mask_w0[first_trained..].iter().filter(|&&m| !m).count() <= 1);
+    std::fs::remove_dir_all(&d).unwrap();
+}
