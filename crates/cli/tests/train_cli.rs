@@ -150,4 +150,17 @@ fn train_errors_are_one_line() {
         &run(&["train", "sft", "--model", "/no/model", "--data", empty.to_str().unwrap(), "--out", o]),
         "/no/model",
     );
+    // RL and preference commands.
+    assert_clean_error(&run(&["train", "grpo", "--model", m, "--out", o]), "no prompts");
+    assert_clean_error(&run(&["train", "grpo", "--model", m, "--out", o, "--gen", "add", "--group", "1"]), "--group");
+    assert_clean_error(&run(&["train", "grpo", "--model", m, "--out", o, "--gen", "poetry"]), "unknown generator");
+    assert_clean_error(&run(&["train", "grpo", "--model", m, "--out", o, "--gen", "add", "--temperature", "0"]), "temperature");
+    assert_clean_error(&run(&["train", "grpo", "--model", m, "--out", o, "--data", "/no/items.jsonl"]), "--task");
+    assert_clean_error(&run(&["train", "pairwise", "--model", m, "--out", o, "--gen", "add"]), "--rm DIR");
+    assert_clean_error(&run(&["train", "pairwise", "--model", m, "--out", o, "--gen", "add", "--rm", m]), "not a reward model");
+    let blank = d.join("blank.jsonl");
+    std::fs::write(&blank, "\n").unwrap();
+    assert_clean_error(&run(&["train", "rm", "--model", m, "--out", o, "--data", blank.to_str().unwrap()]), "no usable preference pairs");
+    assert_clean_error(&run(&["train", "dpo", "--model", m, "--out", o, "--data", "/no/pairs.jsonl"]), "pairs.jsonl");
+    assert_clean_error(&run(&["train", "trajectories", "--log", blank.to_str().unwrap()]), "no runs");
 }
