@@ -14,7 +14,7 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// math, countdown, code, mc, tool; or `compare` followed by two log files.
+    /// math, countdown, code, mc, tool; or `compare` / `winrate` followed by two log files.
     pub task: String,
     /// For `compare`: the two logs (A, then B).
     pub logs: Vec<PathBuf>,
@@ -75,6 +75,9 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     if a.task == "compare" {
         return compare(&a.logs);
+    }
+    if a.task == "winrate" {
+        return winrate(&a);
     }
     if !a.logs.is_empty() {
         bail!("unexpected arguments after the task: {:?}", a.logs);
@@ -140,6 +143,54 @@ fn print_summary(kind: Kind, records: &[serde_json::Value], json: bool) -> Resul
     } else {
         summary.print();
     }
+    Ok(())
+}
+
+/// `eval winrate A.jsonl B.jsonl --endpoint JUDGE`: how often a judge prefers B's reply to A's on
+/// the items both logs hold (first sample of each). Each pair is judged in both orders (position
+/// bias cancels); a tie counts one half. Prints the win rate of B with its 95% interval.
+fn winrate(a: &EvalArgs) -> Result<()> {
+    use nanbeige_train::rewards::{Judge, Preference};
+    let [la, lb] = a.logs.as_slice() else { bail!("usage: nanbeige eval winrate A.jsonl B.jsonl --endpoint JUDGE_URL") };
+    let url = a.endpoint.as_deref().context("winrate needs the judge: --endpoint URL (an OpenAI-compatible server)")?;
+    let judge_backend = Endpoint::new(url, a.api_model.clone(), a.api_key.clone(), Duration::from_secs(a.request_timeout))?;
+    let judge = Judge { backend: &judge_backend, max_tokens: 16 };
+    let (ra, rb) = (runner::read_log(la)?, runner::read_log(lb)?);
+    let mut ids: Vec<&String> = ra.keys().filter(|k| rb.contains_key(*k)).collect();
+    ids.sort();
+    if let Some(n) = a.n {
+        ids.truncate(n);
+    }
+    if ids.is_empty() {
+        bail!("the two logs share no items");
+    }
+    let text = |r: &serde_json::Value| r["samples"][0]["text"].as_str().unwrap_or("").to_string();
+    let mut scores = vec![];
+    for id in &ids {
+        let (x, y) = (&ra[*id], &rb[*id]);
+        let q = x["prompt"].as_str().unwrap_or("");
+        let item = nanbeige_eval::items::Item {
+            id: (*id).clone(),
+            kind: Kind::Math,
+            messages: serde_json::json!([{"role": "user", "content": q}]),
+            tools: None,
+            gold: nanbeige_eval::items::Gold::Number(String::new()),
+        };
+        let rep = |t: String| nanbeige_eval::backend::Reply { text: t, ..Default::default() };
+        scores.push(judge.prefer(&item, &rep(text(y)), &rep(text(x)))?);
+        eprint!("\rjudged {}/{}", scores.len(), ids.len());
+    }
+    eprintln!();
+    let (m, lo, hi) = nanbeige_eval::stats::mean_ci(&scores);
+    let (wins, ties) = (scores.iter().filter(|&&s| s > 0.5).count(), scores.iter().filter(|&&s| s == 0.5).count());
+    println!(
+        "B over A: win rate {:.1}% (95% CI {:.1}–{:.1}%) on {} items: {wins} wins, {ties} ties, {} losses",
+        100.0 * m,
+        100.0 * lo,
+        100.0 * hi,
+        scores.len(),
+        scores.len() - wins - ties
+    );
     Ok(())
 }
 

@@ -161,7 +161,11 @@ fn fake_server(status: u16) -> String {
                 let req: Value = serde_json::from_slice(&body).unwrap();
                 assert_eq!(req["model"], "fake-model");
                 let q = req["messages"][0]["content"].as_str().unwrap_or("").to_string();
-                let reply = if req.get("tools").is_some() {
+                let reply = if q.starts_with("You are judging") {
+                    // A judge: prefers the answer that says "good" (A when both do, B when neither).
+                    let a = q.split("Answer A:\n").nth(1).and_then(|t| t.split("\n\nAnswer B:").next()).unwrap_or("");
+                    json!({"role": "assistant", "content": if a.contains("good") { "A" } else { "B" }})
+                } else if req.get("tools").is_some() {
                     json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
                         "function": {"name": "get_weather", "arguments": if q.contains("Paris") { "{\"city\": \"Paris\"}" } else { "{\"city\": \"Rome\"}" }}}]})
                 } else {
@@ -273,4 +277,24 @@ fn bad_eval_input_is_one_clear_error() {
         assert!(err.lines().last().unwrap_or("").starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"));
     }
+}
+
+/// `eval winrate`: a judge behind an endpoint compares two logs item by item, in both orders.
+#[test]
+fn winrate_counts_wins_ties_and_losses() {
+    let d = tmpdir("winrate");
+    let url = fake_server(200);
+    let (a, b) = (d.join("a.jsonl"), d.join("b.jsonl"));
+    let rec = |id: &str, text: &str| json!({"id": id, "prompt": "Which is better?", "samples": [{"text": text}]}).to_string();
+    let pairs = [("bad", "good"), ("good", "good"), ("bad", "bad"), ("good", "bad")];
+    let la: Vec<String> = pairs.iter().enumerate().map(|(i, (x, _))| rec(&format!("q{i}"), &format!("<think>\nhm\n</think>\n\n{x}"))).collect();
+    let lb: Vec<String> = pairs.iter().enumerate().map(|(i, (_, y))| rec(&format!("q{i}"), y)).collect();
+    std::fs::write(&a, la.join("\n") + "\n").unwrap();
+    std::fs::write(&b, lb.join("\n") + "\n").unwrap();
+    let o = run(&["eval", "winrate", s(&a), s(&b), "--endpoint", &url, "--api-model", "fake-model"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("win rate 50.0%") && out.contains("on 4 items: 1 wins, 2 ties, 1 losses"), "{out}");
+    let o = run(&["eval", "winrate", s(&a), s(&b)]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--endpoint"));
 }

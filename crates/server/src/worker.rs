@@ -178,6 +178,7 @@ fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut Prefi
             let mut a = active.swap_remove(i);
             a.seq.cancel();
             metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            metrics.active.store(active.len(), Ordering::Relaxed);
             finish(a, cache, metrics);
         } else {
             i += 1;
@@ -243,8 +244,11 @@ fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut Prefi
             }
         }
     }
-    for i in done.into_iter().rev() {
-        let a = active.swap_remove(i);
+    // The gauge drops before the clients hear they are done, so a client that reads /metrics
+    // right after its response never sees its own finished sequence still counted.
+    let finished: Vec<Active> = done.into_iter().rev().map(|i| active.swap_remove(i)).collect();
+    metrics.active.store(active.len(), Ordering::Relaxed);
+    for a in finished {
         finish(a, cache, metrics);
     }
 }
