@@ -5,33 +5,14 @@
 use nanbeige_eval::backend::Reply;
 use nanbeige_eval::items::{self, Item, Kind};
 use nanbeige_model::synth::vocab::Vocab;
-use nanbeige_model::synth::NANBEIGE_CHAT_TEMPLATE;
 use nanbeige_train::checkpoint::Origin;
 use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
 use nanbeige_train::rewards::{GroupReward, Scored};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tiny_chat_model(dir: &Path) -> PathBuf {
-    let m = dir.join("tiny-chat");
-    std::fs::create_dir_all(&m).unwrap();
-    let src = root().join("tests/fixtures/tiny/nanbeige-tiny");
-    for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(src.join(f), m.join(f)).unwrap();
-    }
-    let v = Vocab::new(384).unwrap();
-    std::fs::write(m.join("tokenizer.json"), serde_json::to_string(&v.tokenizer_json()).unwrap()).unwrap();
-    std::fs::write(
-        m.join("tokenizer_config.json"),
-        serde_json::to_string(&v.tokenizer_config_json(NANBEIGE_CHAT_TEMPLATE, 4096)).unwrap(),
-    )
-    .unwrap();
-    m
-}
+mod common;
+use common::tiny_chat_model;
 
 /// Reward: the share of characters of the reply that are `e`.
 struct LetterE;

@@ -7,42 +7,15 @@
 
 use candle_core::{DType, Device};
 use nanbeige_model::synth::vocab::Vocab;
-use nanbeige_model::synth::NANBEIGE_CHAT_TEMPLATE;
 use nanbeige_train::data;
 use nanbeige_train::lora::LoraSpec;
 use nanbeige_train::metrics;
 use nanbeige_train::sft::{self, SftOptions};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nanbeige-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// nanbeige-tiny weights + a tokenizer and chat template, as an HF directory.
-fn tiny_chat_model(dir: &Path) -> PathBuf {
-    let m = dir.join("tiny-chat");
-    std::fs::create_dir_all(&m).unwrap();
-    let src = root().join("tests/fixtures/tiny/nanbeige-tiny");
-    for f in ["config.json", "model.safetensors", "generation_config.json"] {
-        std::fs::copy(src.join(f), m.join(f)).unwrap();
-    }
-    let v = Vocab::new(384).unwrap();
-    std::fs::write(m.join("tokenizer.json"), serde_json::to_string(&v.tokenizer_json()).unwrap()).unwrap();
-    std::fs::write(
-        m.join("tokenizer_config.json"),
-        serde_json::to_string(&v.tokenizer_config_json(NANBEIGE_CHAT_TEMPLATE, 4096)).unwrap(),
-    )
-    .unwrap();
-    m
-}
+mod common;
+use common::{tiny_chat_model, tmp};
 
 fn task() -> ([&'static str; 8], [&'static str; 8]) {
     (
