@@ -218,6 +218,33 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Indices 0..n drawn without replacement, reshuffled (`epoch_order`) at each new epoch, forever:
+/// the order of examples in the DPO, reward-model and RL loops.
+pub struct Shuffled {
+    n: usize,
+    seed: u64,
+    epoch: u64,
+    cursor: usize,
+    order: Vec<usize>,
+}
+
+impl Shuffled {
+    pub fn new(n: usize, seed: u64) -> Self {
+        Self { n, seed, epoch: 0, cursor: 0, order: epoch_order(n, seed, 0) }
+    }
+
+    /// The next index (n must be > 0).
+    pub fn next_index(&mut self) -> usize {
+        if self.cursor == self.n {
+            self.epoch += 1;
+            self.cursor = 0;
+            self.order = epoch_order(self.n, self.seed, self.epoch);
+        }
+        self.cursor += 1;
+        self.order[self.cursor - 1]
+    }
+}
+
 /// splitmix64: tiny, seedable, and the same on every platform (data order must be reproducible).
 #[derive(Clone, Debug)]
 pub struct Rng(u64);

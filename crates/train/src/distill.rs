@@ -199,20 +199,13 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
     let log_path = o.out.join("metrics.jsonl");
     let mut log = MetricsLog::open(&log_path, 0)?;
     let t0 = Instant::now();
-    let mut order = data::epoch_order(pairs.len(), o.seed, 0);
-    let (mut epoch, mut cursor) = (0u64, 0usize);
+    let mut order = data::Shuffled::new(pairs.len(), o.seed);
     let (mut first, mut last, mut acc) = (f64::NAN, f64::NAN, 0.0);
     let n = o.pairs_per_step.max(1);
     for step in 0..o.steps {
         let mut batch = Vec::with_capacity(n);
         for _ in 0..n {
-            if cursor == pairs.len() {
-                epoch += 1;
-                cursor = 0;
-                order = data::epoch_order(pairs.len(), o.seed, epoch);
-            }
-            batch.push(order[cursor]);
-            cursor += 1;
+            batch.push(order.next_index());
         }
         let mut grads = GradAccum::new(&opt);
         let mut total = 0.0;

@@ -312,20 +312,13 @@ pub fn train(
     let log_path = o.out.join("metrics.jsonl");
     let mut log = MetricsLog::open(&log_path, 0)?;
     let t0 = Instant::now();
-    let (mut epoch, mut cursor) = (0u64, 0usize);
-    let mut order = crate::data::epoch_order(items.len(), o.seed, 0);
+    let mut order = crate::data::Shuffled::new(items.len(), o.seed);
     let (mut first_reward, mut last_reward) = (f64::NAN, f64::NAN);
     for step in 0..o.steps {
         let ts = Instant::now();
         let mut batch = Vec::with_capacity(o.prompts_per_step);
         for _ in 0..o.prompts_per_step.max(1) {
-            if cursor == items.len() {
-                epoch += 1;
-                cursor = 0;
-                order = crate::data::epoch_order(items.len(), o.seed, epoch);
-            }
-            batch.push(&items[order[cursor]]);
-            cursor += 1;
+            batch.push(&items[order.next_index()]);
         }
         let seed = o.seed ^ step.wrapping_mul(0x2545_F491_4F6C_DD1D);
         let groups = match &sampler {

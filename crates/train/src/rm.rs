@@ -234,20 +234,13 @@ pub fn train_rm(rm: &mut RewardModel, origin: &Origin, pairs: &[Pair], o: &RmOpt
     let mut log = MetricsLog::open(&log_path, 0)?;
     let t0 = Instant::now();
     let n = o.pairs_per_step.max(1);
-    let (mut epoch, mut cursor) = (0u64, 0usize);
-    let mut order = data::epoch_order(pairs.len(), o.seed, 0);
+    let mut order = data::Shuffled::new(pairs.len(), o.seed);
     let (mut first, mut last) = (f64::NAN, f64::NAN);
     for step in 0..o.steps {
         let mut grads = GradAccum::new(&opt);
         let (mut total, mut right) = (0.0, 0.0);
         for _ in 0..n {
-            if cursor == pairs.len() {
-                epoch += 1;
-                cursor = 0;
-                order = data::epoch_order(pairs.len(), o.seed, epoch);
-            }
-            let r = rm.row_rewards(&pair_row(&pairs[order[cursor]]))?;
-            cursor += 1;
+            let r = rm.row_rewards(&pair_row(&pairs[order.next_index()]))?;
             let (l, acc) = rl::bradley_terry_loss(&r.narrow(0, 0, 1)?, &r.narrow(0, 1, 1)?)?;
             let l = (l / n as f64)?;
             total += l.to_scalar::<f32>()? as f64;

@@ -34,28 +34,15 @@ impl GroupReward for LetterE {
 
 fn options(out: &Path, steps: u64) -> GrpoOptions {
     GrpoOptions {
-        out: out.to_path_buf(),
         steps,
         prompts_per_step: 2,
         group: 6,
-        lr: 3e-3,
-        warmup: 0,
         max_tokens: 12,
-        temperature: 1.0,
-        eps_low: 0.2,
-        eps_high: 0.28,
-        kl: 0.0,
-        scale_std: true,
-        filter: true,
         mask_overlong: false,
         batch_tokens: 256,
         rollout_batch: 12,
-        clip: 1.0,
-        seed: 3,
-        dtype: candle_core::DType::F32,
-        save_every: 0,
-        sync_every: 0,
         quiet: true,
+        ..GrpoOptions::for_offline(out.to_path_buf(), 3e-3, 3)
     }
 }
 
