@@ -64,6 +64,10 @@ pub struct EvalArgs {
     /// Seconds allowed for one sample's code tests.
     #[arg(long, default_value_t = 10)]
     pub code_timeout: u64,
+    /// Code: time each passing sample against the item's reference solution on its benchmark
+    /// input (built-in code set), median of N calls; logs the speedup (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub efficiency: usize,
     /// Score the replies already in --out again (after a scorer change) instead of generating.
     #[arg(long)]
     pub rescore: bool,
@@ -111,13 +115,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         },
         seed: a.seed,
         code_timeout: Duration::from_secs(a.code_timeout.max(1)),
+        efficiency: a.efficiency,
     };
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
     if a.rescore {
         let log = a.out.as_deref().context("--rescore needs the log: --out LOG.jsonl")?;
-        let n = runner::rescore_log(&items, log, cfg.code_timeout)?;
+        let n = runner::rescore_log(&items, log, &cfg)?;
         eprintln!("rescored {n} logged items");
         let logged = runner::read_log(log)?;
         let records: Vec<_> = items.iter().filter_map(|it| logged.get(&it.id).cloned()).collect();
@@ -203,6 +208,14 @@ fn compare(logs: &[PathBuf]) -> Result<()> {
     println!("  B - A: {:+.1} points  (paired 95% CI {:+.1} to {:+.1})", 100.0 * p.diff, 100.0 * p.lo, 100.0 * p.hi);
     if let Some(pv) = p.p_value {
         println!("  McNemar exact test: {} right only in A, {} only in B, p = {:.4}", p.only_a, p.only_b, pv);
+        // With the checker as the judge of each pair of answers (a tie when both or neither pass),
+        // B's win rate is 1/2 + (B - A)/2, and so is its interval.
+        println!(
+            "  win rate of B over A, the checker judging: {:.1}% (95% CI {:.1} to {:.1}%)",
+            50.0 + 50.0 * p.diff,
+            50.0 + 50.0 * p.lo,
+            50.0 + 50.0 * p.hi
+        );
     }
     Ok(())
 }

@@ -237,6 +237,9 @@ fn endpoint_mode_scores_exactly_and_compares_runs() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("40 items in both logs"), "{text}");
     assert!(text.contains(&format!("0 right only in A, {wrong_in_first_10} only in B")), "{text}");
+    // The checker as judge: B wins the pairs only it got right, the other 40 - w are ties.
+    let win = 100.0 * (wrong_in_first_10 as f64 + (40 - wrong_in_first_10) as f64 / 2.0) / 40.0;
+    assert!(text.contains(&format!("the checker judging: {win:.1}%")), "{text}");
 
     // Tool calls: the right function and arguments for Paris, the wrong city for Rome.
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);

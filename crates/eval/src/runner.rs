@@ -22,6 +22,9 @@ pub struct Config {
     pub seed: u64,
     /// Wall-clock limit for one code sample's tests.
     pub code_timeout: Duration,
+    /// Code items with a benchmark input and a reference solution: time every passing sample
+    /// against the reference (median of this many calls; 0: off) and log the speedup.
+    pub efficiency: usize,
 }
 
 /// Score one sample: (score in [0, 1], extra fields for the log).
@@ -93,7 +96,7 @@ fn eval_items_batched(items: &[&Item], backend: &dyn Backend, cfg: &Config) -> V
             }
             match err {
                 Some(e) => Err(e.context(format!("item {}", it.id))),
-                None => record(it, &got, cfg.code_timeout),
+                None => record(it, &got, cfg),
             }
         })
         .collect()
@@ -108,15 +111,32 @@ fn eval_item(item: &Item, backend: &dyn Backend, cfg: &Config) -> Result<Value> 
             backend.chat(&item.messages, item.tools.as_ref(), &cfg.sampling, cfg.seed.wrapping_add(j as u64))?;
         replies.push((reply, t.elapsed().as_secs_f64()));
     }
-    record(item, &replies, cfg.code_timeout)
+    record(item, &replies, cfg)
 }
 
 /// The log record of an item from its sampled replies (and the seconds each took).
-fn record(item: &Item, replies: &[(Reply, f64)], code_timeout: Duration) -> Result<Value> {
+fn record(item: &Item, replies: &[(Reply, f64)], cfg: &Config) -> Result<Value> {
     let mut samples = vec![];
     let (mut passes, mut score_sum, mut fmt) = (0usize, 0.0, 0usize);
+    let mut reference_s = None;
     for (reply, secs) in replies {
-        let (s, extra) = score_reply(item, reply, code_timeout)?;
+        let (s, mut extra) = score_reply(item, reply, cfg.code_timeout)?;
+        if let (Gold::Code(t), true, true) = (&item.gold, s == 1.0, cfg.efficiency > 0) {
+            if let (Some(bench), Some(reference)) = (&t.bench, &t.reference) {
+                let tr = match reference_s {
+                    Some(tr) => tr,
+                    None => *reference_s.insert(score::time_code(reference, t, bench, cfg.efficiency, cfg.code_timeout)?),
+                };
+                let tc = score::time_reply(&reply.text, t, bench, cfg.efficiency, cfg.code_timeout)?;
+                let speedup = match (tr, tc) {
+                    (Some(tr), Some(tc)) if tc > 0.0 => Some(tr / tc),
+                    _ => None,
+                };
+                extra["bench_s"] = json!(tc);
+                extra["reference_bench_s"] = json!(tr);
+                extra["speedup"] = json!(speedup);
+            }
+        }
         let f = score::format_ok(&reply.text);
         passes += (s == 1.0) as usize;
         score_sum += s;
@@ -144,7 +164,7 @@ fn record(item: &Item, replies: &[(Reply, f64)], code_timeout: Duration) -> Resu
 }
 
 /// Scores a logged record again from its saved replies (after a scorer fix), without generating.
-fn rescore(item: &Item, rec: &Value, code_timeout: Duration) -> Result<Value> {
+fn rescore(item: &Item, rec: &Value, cfg: &Config) -> Result<Value> {
     let samples = rec["samples"].as_array().filter(|s| !s.is_empty()).context("no samples to rescore")?;
     let replies: Vec<(Reply, f64)> = samples
         .iter()
@@ -161,12 +181,12 @@ fn rescore(item: &Item, rec: &Value, code_timeout: Duration) -> Result<Value> {
             (reply, s["secs"].as_f64().unwrap_or(0.0))
         })
         .collect();
-    record(item, &replies, code_timeout)
+    record(item, &replies, cfg)
 }
 
 /// Re-scores every logged item of this set from its saved replies and rewrites the log (other
 /// lines are kept as they are).
-pub fn rescore_log(items: &[Item], log: &Path, code_timeout: Duration) -> Result<usize> {
+pub fn rescore_log(items: &[Item], log: &Path, cfg: &Config) -> Result<usize> {
     let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     let by_id: HashMap<&str, &Item> = items.iter().map(|it| (it.id.as_str(), it)).collect();
     let (mut out, mut n) = (String::new(), 0);
@@ -175,7 +195,7 @@ pub fn rescore_log(items: &[Item], log: &Path, code_timeout: Duration) -> Result
         let item = rec.as_ref().and_then(|r| r["id"].as_str()).and_then(|id| by_id.get(id));
         match (rec.as_ref(), item) {
             (Some(r), Some(it)) => {
-                out += &rescore(it, r, code_timeout)?.to_string();
+                out += &rescore(it, r, cfg)?.to_string();
                 n += 1;
             }
             _ => out += line,
@@ -343,6 +363,9 @@ pub struct Summary {
     /// Tool calls with the right function name (tool task only).
     pub name_acc: Option<(f64, f64, f64)>,
     pub mean_tokens: f64,
+    /// Passing code samples timed against the reference (`--efficiency`): how many, and the
+    /// median and geometric mean of t_reference / t_sample.
+    pub speedup: Option<(usize, f64, f64)>,
 }
 
 pub fn summarize(task: Kind, records: &[Value]) -> Summary {
@@ -356,6 +379,12 @@ pub fn summarize(task: Kind, records: &[Value]) -> Summary {
         stats::mean_ci(&v)
     });
     let tokens: f64 = all.iter().map(|s| s["tokens"].as_f64().unwrap_or(0.0)).sum();
+    let mut speedups: Vec<f64> = all.iter().filter_map(|s| s["speedup"].as_f64()).filter(|x| *x > 0.0).collect();
+    speedups.sort_by(f64::total_cmp);
+    let speedup = (!speedups.is_empty()).then(|| {
+        let geo = (speedups.iter().map(|x| x.ln()).sum::<f64>() / speedups.len() as f64).exp();
+        (speedups.len(), speedups[speedups.len() / 2], geo)
+    });
     Summary {
         task: task.name().into(),
         n: records.len(),
@@ -366,6 +395,7 @@ pub fn summarize(task: Kind, records: &[Value]) -> Summary {
         format: (if all.is_empty() { 0.0 } else { fmt_ok as f64 / all.len() as f64 }, flo, fhi),
         name_acc,
         mean_tokens: if all.is_empty() { 0.0 } else { tokens / all.len() as f64 },
+        speedup,
     }
 }
 
@@ -380,6 +410,7 @@ impl Summary {
             "format_compliance": t(self.format),
             "tool_name_accuracy": self.name_acc.map(t),
             "mean_completion_tokens": self.mean_tokens,
+            "speedup_vs_reference": self.speedup.map(|(n, med, geo)| json!({"timed": n, "median": med, "geomean": geo})),
         })
     }
 
@@ -398,6 +429,9 @@ impl Summary {
         }
         println!("  format compliance  {}", pct(self.format));
         println!("  mean output tokens {:.0}", self.mean_tokens);
+        if let Some((n, med, geo)) = self.speedup {
+            println!("  speed vs reference {med:.2}x median, {geo:.2}x geometric mean ({n} passing samples timed)");
+        }
     }
 }
 
@@ -412,4 +446,43 @@ pub fn compare(a: &Path, b: &Path) -> Result<(stats::Paired, usize, usize)> {
     let get =
         |l: &HashMap<String, Value>| ids.iter().map(|id| l[*id]["pass1"].as_f64().unwrap_or(0.0)).collect::<Vec<_>>();
     Ok((stats::paired(&get(&la), &get(&lb)), la.len() - ids.len(), lb.len() - ids.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--efficiency`: passing code is timed against the reference on the benchmark input; a
+    /// quadratic solution is measured slower than a linear one, failing code is not timed.
+    #[test]
+    fn efficiency_times_passing_code_against_the_reference() {
+        let item = crate::items::item(
+            &json!({"messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
+                "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
+                "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(3000)),)"}),
+            Kind::Code,
+        )
+        .unwrap();
+        let reply = |code: &str| (Reply { text: format!("```python\n{code}\n```"), ..Default::default() }, 0.0);
+        let replies = [
+            reply("def f(xs):\n    return sum(xs)"),
+            reply("def f(xs):\n    t = 0\n    for i in range(len(xs)):\n        if sum(xs[:i]) >= -1:\n            t += xs[i]\n    return t"),
+            reply("def f(xs):\n    return 0"),
+            // Cut at the token limit mid-way through an extra function: timed on what the tests ran.
+            (Reply { text: "```python\ndef f(xs):\n    return sum(xs)\n\ndef check(f):\n    assert f([1, 2".into(), ..Default::default() }, 0.0),
+        ];
+        let sampling = Sampling { max_tokens: 16, temperature: 0.0, top_p: 1.0 };
+        let cfg = Config { samples: 4, parallel: 1, sampling, seed: 0, code_timeout: Duration::from_secs(20), efficiency: 3 };
+        let rec = record(&item, &replies, &cfg).unwrap();
+        let s = rec["samples"].as_array().unwrap();
+        let (fast, slow) = (s[0]["speedup"].as_f64().unwrap(), s[1]["speedup"].as_f64().unwrap());
+        assert!(fast > 0.3 && fast > 5.0 * slow, "fast {fast}, slow {slow}: {s:?}");
+        assert!(s[2].get("speedup").is_none(), "failing code is not timed: {:?}", s[2]);
+        assert!(s[3]["speedup"].as_f64().is_some_and(|x| x > 0.3), "truncated reply: {:?}", s[3]);
+        let sum = summarize(Kind::Code, &[rec.clone()]);
+        assert_eq!(sum.speedup.map(|x| x.0), Some(3));
+        // Off by default: nothing is timed.
+        let rec = record(&item, &replies, &Config { efficiency: 0, ..cfg }).unwrap();
+        assert!(rec["samples"][0].get("speedup").is_none());
+    }
 }

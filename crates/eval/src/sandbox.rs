@@ -84,7 +84,7 @@ else:
 /// Keeps what defines the solution (imports, functions, classes, constant assignments) and drops
 /// top-level statements (example calls, prints, the model's own asserts, `__main__` blocks), as
 /// evalplus' sanitizer does; a reply cut off by the token limit loses its unfinished tail.
-const SANITIZE: &str = r#"def _sanitize(src):
+pub const SANITIZE: &str = r#"def _sanitize(src):
     import ast
     lines = src.split("\n")
     tree = None

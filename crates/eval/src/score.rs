@@ -294,13 +294,15 @@ pub fn complete_code(mut code: String, tests: &CodeTests) -> String {
 }
 
 /// Seconds one call `entry_point(*args)` takes on the benchmark input (`bench` sets `args`):
-/// the median of `repeats` timed calls, in the sandbox. None when the code fails to load or run,
-/// or runs out of time.
+/// the median of `repeats` timed calls, in the sandbox, on the code the tests ran (sanitized: a
+/// reply cut at the token limit loses its unfinished tail). None when the code fails to load or
+/// run, or runs out of time.
 pub fn time_code(code: &str, tests: &CodeTests, bench: &str, repeats: usize, timeout: Duration) -> Result<Option<f64>> {
     let marker = format!("@@bench{:x}", code.len() ^ bench.len());
     let code = complete_code(code.to_string(), tests);
     let script = format!(
-        "import time as _t\n_src = {code:?}\n_bench = {bench:?}\ntry:\n    _g = {{}}\n    exec(_src, _g)\n    _b = {{}}\n    exec(_bench, _b)\n    _f = _g[{ep:?}]\n    _ts = []\n    for _ in range({repeats}):\n        _a = _t.perf_counter()\n        _f(*_b['args'])\n        _ts.append(_t.perf_counter() - _a)\n    _ts.sort()\n    print({marker:?}, _ts[len(_ts) // 2])\nexcept BaseException:\n    pass\n",
+        "{sanitize}import time as _t\n_src = {code:?}\n_bench = {bench:?}\ntry:\n    _g = {{}}\n    exec(_sanitize(_src), _g)\n    _b = {{}}\n    exec(_bench, _b)\n    _f = _g[{ep:?}]\n    _ts = []\n    for _ in range({repeats}):\n        _a = _t.perf_counter()\n        _f(*_b['args'])\n        _ts.append(_t.perf_counter() - _a)\n    _ts.sort()\n    print({marker:?}, _ts[len(_ts) // 2])\nexcept BaseException:\n    pass\n",
+        sanitize = crate::sandbox::SANITIZE,
         ep = tests.entry_point,
         repeats = repeats.max(1),
     );
@@ -309,6 +311,11 @@ pub fn time_code(code: &str, tests: &CodeTests, bench: &str, repeats: usize, tim
         return Ok(None);
     }
     Ok(out.lines().find_map(|l| l.strip_prefix(&marker)).and_then(|v| v.trim().parse::<f64>().ok()))
+}
+
+/// `time_code` on the code a reply contains.
+pub fn time_reply(text: &str, tests: &CodeTests, bench: &str, repeats: usize, timeout: Duration) -> Result<Option<f64>> {
+    time_code(&extract_code(text, &tests.entry_point), tests, bench, repeats, timeout)
 }
 
 /// The chosen option letter (A, B, …; `n` options) of a multiple-choice reply.

@@ -73,8 +73,7 @@ impl GroupReward for CodeEfficiency {
             if !s.passed {
                 continue;
             }
-            let code = score::extract_code(&r.text, &tests.entry_point);
-            let t = score::time_code(&code, tests, bench, self.repeats, self.base.code_timeout)?;
+            let t = score::time_reply(&r.text, tests, bench, self.repeats, self.base.code_timeout)?;
             let eff = match (reference, t) {
                 (Some(tr), Some(tc)) if tc > 0.0 => (tr / tc).clamp(0.0, 2.0) / 2.0,
                 _ => 0.0,
