@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// decode cost, without hours of prefill for 32K tokens of a 3B model on a small machine.
     #[arg(long)]
     pub random_fill: bool,
+    /// Also decode this many sequences together (the server's batched step) and report the
+    /// aggregate tokens/s against one sequence's (1: skip).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Repetitions of each test (results are the mean, with the standard deviation).
     #[arg(short = 'r', long, default_value_t = 1)]
     pub reps: usize,
@@ -78,6 +82,9 @@ pub fn validate(a: &BenchArgs) -> Result<Plan> {
     }
     if a.reps == 0 {
         bail!("-r/--reps must be at least 1");
+    }
+    if a.batch == 0 || a.batch > 256 {
+        bail!("--batch must be 1 to 256");
     }
     let threads = match a.threads {
         Some(0) => bail!("--threads must be at least 1"),
@@ -124,6 +131,12 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         log(format!("bench: decode of {} tokens at depth {d} ...", a.gen));
         decodes.push(bench::decode(&lm, d, a.gen, a.reps, 43, a.random_fill)?);
     }
+    let batched = if a.batch > 1 {
+        log(format!("bench: decode of {} tokens for {} sequences together ...", a.gen, a.batch));
+        Some(bench::decode_batch(&lm, a.batch, a.gen, a.reps, 44)?)
+    } else {
+        None
+    };
     let peak_rss = machine::peak_rss_bytes();
     let cfg = lm.model.cfg.clone();
     let (path, format, context_len, kv_type) = (lm.path.clone(), lm.format, lm.context_len, lm.model.kv_type);
@@ -167,6 +180,8 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
             "prefill": pp,
             "decode": decode_json.first(),
             "decode_at_depths": decode_json,
+            "decode_batch": batched.as_ref().map(|b| json!({"sequences": a.batch, "stat": b,
+                "vs_one_sequence": decodes.first().map(|d| b.tokens_per_sec / d.stat.tokens_per_sec)})),
             "peak_rss_bytes": peak_rss,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -221,6 +236,17 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
             println!("{:<16} {:>12.2}   (filling the cache to depth {} took {s:.1} s)", "", tps, d.depth);
         }
     }
+    if let Some(b) = &batched {
+        let one = decodes.iter().find(|d| d.depth == 0).map(|d| d.stat.tokens_per_sec);
+        println!(
+            "{:<16} {:>12.2} {:>10.2}   aggregate of {} sequences decoded together{}",
+            format!("tg{} x{}", a.gen, a.batch),
+            b.tokens_per_sec,
+            b.stddev,
+            a.batch,
+            one.map(|o| format!(": {:.2}x one sequence", b.tokens_per_sec / o)).unwrap_or_default()
+        );
+    }
     println!();
     println!("time to first token ({}-token prompt): {:.0} ms", a.prompt, pp.time_to_first_token_ms);
     Ok(())
@@ -267,6 +293,7 @@ mod tests {
             (&["--threads", "0"][..], "--threads must be at least 1"),
             (&["--threads", "5000"][..], "more than 1024"),
             (&["-r", "0"][..], "--reps must be at least 1"),
+            (&["--batch", "0"][..], "--batch must be 1 to 256"),
         ] {
             let e = validate(&args(flags)).unwrap_err().to_string();
             assert!(e.contains(needle), "{flags:?}: {e}");

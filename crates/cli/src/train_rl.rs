@@ -107,6 +107,12 @@ pub struct RlArgs {
     /// Saved weight dtype: f32 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Train LoRA adapters of this rank on every block projection instead of all weights.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// LoRA alpha (default 2 × rank).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
     /// Save the model every N steps (always at the end).
     #[arg(long, default_value_t = 0)]
     save_every: u64,
@@ -152,6 +158,7 @@ impl RlArgs {
             save_every: self.save_every,
             sync_every: self.sync_every,
             quiet: self.quiet,
+            lora: self.lora.map(|r| nanbeige_train::lora::LoraSpec::new(r, self.lora_alpha, None)).transpose()?,
         })
     }
 

@@ -145,6 +145,26 @@ pub fn decode(lm: &LoadedModel, depth: usize, n: usize, reps: usize, seed: u64, 
     Ok(Decode { depth, tokens: n, stat: stat(n, &secs), fill_seconds, fill_tokens_per_sec })
 }
 
+/// Decode of `batch` sequences together (the server's continuous-batching step): `n` steps of
+/// one token per sequence from empty caches, `reps` times. tokens_per_sec is the aggregate.
+pub fn decode_batch(lm: &LoadedModel, batch: usize, n: usize, reps: usize, seed: u64) -> Result<Stat> {
+    check_fits(lm, n)?;
+    let vocab = lm.model.cfg.vocab_size;
+    let mut secs = vec![];
+    for r in 0..reps.max(1) {
+        let mut caches: Vec<_> = (0..batch).map(|_| lm.model.new_cache(n)).collect();
+        let mut toks = random_tokens(batch, vocab, seed ^ (r as u64 + 1));
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let mut refs: Vec<&mut nanbeige_model::Cache> = caches.iter_mut().collect();
+            let logits = lm.model.forward_decode_batch(&toks, &mut refs)?;
+            toks = logits.iter().map(|l| argmax(l)).collect();
+        }
+        secs.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(stat(batch * n, &secs))
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct WeightBytes {
     /// Bytes of weights one decode step reads: every tensor except the embedding table (one row per

@@ -59,6 +59,8 @@ pub struct GrpoOptions {
     pub save_every: u64,
     pub sync_every: u64,
     pub quiet: bool,
+    /// Train LoRA adapters instead of every weight (the saved model holds the merged weights).
+    pub lora: Option<crate::lora::LoraSpec>,
 }
 
 impl GrpoOptions {
@@ -87,6 +89,7 @@ impl GrpoOptions {
             save_every: 0,
             sync_every: 0,
             quiet: false,
+            lora: None,
         }
     }
 }
@@ -306,7 +309,12 @@ pub fn train(
     if o.kl > 0.0 && reference.is_none() {
         bail!("a KL penalty needs the reference model");
     }
-    let vars = lm.model.trainable_vars()?;
+    // RL learns little information per rollout; LoRA confines the update (and its noise) to a
+    // low-rank subspace. Rollouts run through the adapters too, so they stay on-policy.
+    let vars = match &o.lora {
+        Some(spec) => spec.attach(&mut lm.model, o.seed)?,
+        None => lm.model.trainable_vars()?,
+    };
     let mut opt = AdamW::new(vars, 0.0)?;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let log_path = o.out.join("metrics.jsonl");

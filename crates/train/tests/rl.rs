@@ -46,12 +46,9 @@ fn options(out: &Path, steps: u64) -> GrpoOptions {
     }
 }
 
-#[test]
-fn grpo_raises_a_trivial_reward() {
-    let d = std::env::temp_dir().join(format!("nanbeige-rl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    let model = tiny_chat_model(&d);
+/// GRPO with `LetterE` on four prompts for 30 steps: the mean reward of the first and last 5.
+fn letter_e_run(d: &Path, o: GrpoOptions) -> (f64, f64, nanbeige_engine::LoadedModel) {
+    let model = tiny_chat_model(d);
     let items: Vec<Item> = ["cat", "dog", "sun", "sea"]
         .iter()
         .map(|w| items::item(&json!({"question": w, "answer": "1"}), Kind::Math).unwrap())
@@ -59,23 +56,47 @@ fn grpo_raises_a_trivial_reward() {
     let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
     let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
     let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
-    let out = d.join("out");
-    let s = grpo::train(&mut lm, None, &origin, &items, &LetterE, Sampler::Local, &options(&out, 30)).unwrap();
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+    grpo::train(&mut lm, None, &origin, &items, &LetterE, Sampler::Local, &o).unwrap();
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(o.out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(log.len(), 30);
     let mean = |r: &[serde_json::Value]| r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
-    let (first, last) = (mean(&log[..5]), mean(&log[25..]));
-    assert!(last > first + 0.1 && last > 2.0 * first, "reward {first:.3} -> {last:.3} ({:.3} -> {:.3})", s.first_reward, s.last_reward);
+    (mean(&log[..5]), mean(&log[25..]), lm)
+}
+
+#[test]
+fn grpo_raises_a_trivial_reward() {
+    let d = common::tmp("rl");
+    let out = d.join("out");
+    let (first, last, lm) = letter_e_run(&d, options(&out, 30));
+    assert!(last > first + 0.1 && last > 2.0 * first, "reward {first:.3} -> {last:.3}");
     for f in ["reward.svg", "length.svg", "model.safetensors", "config.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // The saved policy loads in the engine and still prefers `e`.
     let trained = nanbeige_engine::load(&out, &Default::default()).unwrap();
     assert_eq!(trained.model.cfg.vocab_size, lm.model.cfg.vocab_size);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The same with LoRA adapters (rank 4): rollouts go through the adapters, so the reward rises,
+/// and the saved model (the merged weights) loads.
+#[test]
+fn grpo_with_lora_raises_a_trivial_reward() {
+    let d = common::tmp("rl-lora");
+    let out = d.join("out");
+    let o = GrpoOptions {
+        lora: Some(nanbeige_train::lora::LoraSpec::new(4, None, None).unwrap()),
+        lr: 1e-2,
+        ..options(&out, 30)
+    };
+    let (first, last, _) = letter_e_run(&d, o);
+    assert!(last > first + 0.1 && last > 2.0 * first, "reward {first:.3} -> {last:.3}");
+    let trained = nanbeige_engine::load(&out, &Default::default()).unwrap();
+    assert!(trained.model.cfg.vocab_size > 0);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -221,4 +242,57 @@ fn weight_zero_turns_are_context_only() {
     let first_trained = mask_w0.iter().position(|&m| m).unwrap();
     assert!(mask_w0[first_trained..].iter().filter(|&&m| !m).count() <= 1);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The update scores exactly what the sampler drew: the log-prob of every rollout token under the
+/// training forward (packed rows, differentiable path) equals the sampler's at generation time
+/// (fused inference path), end-of-turn token included. `NANBEIGE_LOGPROB_MODEL` checks a real
+/// model directory instead of the tiny one.
+#[test]
+fn update_logprobs_are_the_samplers() {
+    use nanbeige_engine::prompt::chat_prompt;
+    use nanbeige_engine::{generate_batch, BatchRequest, GenParams, SamplingParams};
+    use nanbeige_train::data::{Example, Packed};
+    let d = common::tmp("logprobs");
+    let model = std::env::var("NANBEIGE_LOGPROB_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|_| tiny_chat_model(&d));
+    let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let msgs = json!([{"role": "user", "content": "What is 12 + 34?"}]);
+    let p = chat_prompt(&lm.text, lm.template.as_ref(), &msgs, None, true).unwrap();
+    let reqs: Vec<BatchRequest> = (0..4)
+        .map(|s| BatchRequest {
+            prompt: p.ids.clone(),
+            opened_think: p.opened_think,
+            params: GenParams {
+                sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: Some(s), ..Default::default() },
+                max_tokens: Some(40),
+                logprobs: Some(0),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let was = lm.model.differentiable;
+    lm.model.differentiable = false;
+    let gens: Vec<_> = generate_batch(&mut lm, &reqs, 4, &mut |_, _| {}).into_iter().map(|g| g.unwrap()).collect();
+    lm.model.differentiable = was;
+    let mut checked = 0;
+    for g in &gens {
+        let mut completion = g.tokens.clone();
+        completion.extend(g.eos_token);
+        let mut ids = p.ids.clone();
+        ids.extend(&completion);
+        let mask: Vec<bool> = (0..ids.len()).map(|i| i >= p.ids.len()).collect();
+        let mut row = Packed::default();
+        row.push(&Example { ids, mask, line: 0 });
+        let logits = lm.model.forward_packed(&row.ids, &row.positions, &row.segments).unwrap();
+        let lp = nanbeige_train::loss::token_logprobs(&logits, &row.targets).unwrap().to_vec1::<f32>().unwrap();
+        let trained: Vec<f32> = lp.iter().zip(&row.weights).filter(|(_, &w)| w > 0.0).map(|(l, _)| *l).collect();
+        assert_eq!(trained.len(), completion.len());
+        assert_eq!(g.logprobs.len(), completion.len(), "one sampler log-prob per drawn token");
+        for (i, (a, s)) in trained.iter().zip(&g.logprobs).enumerate() {
+            assert_eq!(s.token, completion[i]);
+            assert!((a - s.logprob).abs() < 2e-3, "token {i} ({}): update {a} vs sampler {}", s.token, s.logprob);
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} tokens checked");
 }
