@@ -452,21 +452,22 @@ pub fn compare(a: &Path, b: &Path) -> Result<(stats::Paired, usize, usize)> {
 mod tests {
     use super::*;
 
-    /// `--efficiency`: passing code is timed against the reference on the benchmark input; a
-    /// quadratic solution is measured slower than a linear one, failing code is not timed.
+    /// `--efficiency`: passing code is timed against the reference on the benchmark input (in
+    /// milliseconds, so a loaded machine's noise stays small); a loop through strings is measured
+    /// far slower than `sum`, failing code is not timed.
     #[test]
     fn efficiency_times_passing_code_against_the_reference() {
         let item = crate::items::item(
             &json!({"messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
                 "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
-                "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(3000)),)"}),
+                "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(300000)),)"}),
             Kind::Code,
         )
         .unwrap();
         let reply = |code: &str| (Reply { text: format!("```python\n{code}\n```"), ..Default::default() }, 0.0);
         let replies = [
             reply("def f(xs):\n    return sum(xs)"),
-            reply("def f(xs):\n    t = 0\n    for i in range(len(xs)):\n        if sum(xs[:i]) >= -1:\n            t += xs[i]\n    return t"),
+            reply("def f(xs):\n    t = 0\n    for x in xs:\n        t += int(str(x))\n    return t"),
             reply("def f(xs):\n    return 0"),
             // Cut at the token limit mid-way through an extra function: timed on what the tests ran.
             (Reply { text: "```python\ndef f(xs):\n    return sum(xs)\n\ndef check(f):\n    assert f([1, 2".into(), ..Default::default() }, 0.0),
@@ -476,9 +477,9 @@ mod tests {
         let rec = record(&item, &replies, &cfg).unwrap();
         let s = rec["samples"].as_array().unwrap();
         let (fast, slow) = (s[0]["speedup"].as_f64().unwrap(), s[1]["speedup"].as_f64().unwrap());
-        assert!(fast > 0.3 && fast > 5.0 * slow, "fast {fast}, slow {slow}: {s:?}");
+        assert!(fast > 0.5 && fast > 5.0 * slow, "fast {fast}, slow {slow}: {s:?}");
         assert!(s[2].get("speedup").is_none(), "failing code is not timed: {:?}", s[2]);
-        assert!(s[3]["speedup"].as_f64().is_some_and(|x| x > 0.3), "truncated reply: {:?}", s[3]);
+        assert!(s[3]["speedup"].as_f64().is_some_and(|x| x > 0.5), "truncated reply: {:?}", s[3]);
         let sum = summarize(Kind::Code, &[rec.clone()]);
         assert_eq!(sum.speedup.map(|x| x.0), Some(3));
         // Off by default: nothing is timed.

@@ -185,12 +185,14 @@ fn efficiency_counts_only_for_passing_code() {
     let item = items::item(
         &json!({"question": "sum", "messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
             "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
-            "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(4000)),)"}),
+            "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(300000)),)"}),
         Kind::Code,
     )
     .unwrap();
     let fast = "<think>\nsum\n</think>\n\n```python\ndef f(xs):\n    return sum(xs)\n```";
-    let slow = "<think>\nloop\n</think>\n\n```python\ndef f(xs):\n    t = 0\n    for i in range(len(xs)):\n        if sum(xs[:i]) >= -1:\n            t += xs[i]\n    return t\n```";
+    // Timed in milliseconds (300,000 values), so scheduling noise on a loaded machine stays small
+    // against the ~50x gap between `sum` and a loop through strings.
+    let slow = "<think>\nloop\n</think>\n\n```python\ndef f(xs):\n    t = 0\n    for x in xs:\n        t += int(str(x))\n    return t\n```";
     let wrong = "<think>\nzero\n</think>\n\n```python\ndef f(xs):\n    return 0\n```";
     let replies: Vec<Reply> = [fast, slow, wrong].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
     let base = Verifiable { format_weight: 0.1, code_timeout: std::time::Duration::from_secs(20) };
@@ -203,7 +205,7 @@ fn efficiency_counts_only_for_passing_code() {
     assert!(r[0].reward > r[1].reward + 0.1, "fast {} vs slow {}: {:?}", r[0].reward, r[1].reward, r[1].extra);
     assert!(r[1].reward > 1.1 - 1e-9, "a passing reply never loses reward to the efficiency term");
     assert_eq!(r[2].reward, plain[2].reward, "no efficiency term without passing every test");
-    assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.3, "{:?}", r[0].extra);
+    assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.25, "the reference's own code: {:?}", r[0].extra);
 }
 
 /// `"weight": 0` on an assistant turn makes it context only: trajectory histories train just the
