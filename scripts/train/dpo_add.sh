@@ -13,7 +13,7 @@ SFT="$1"; W="${2:-runs/dpo-add}"
 N="${N:-300}"; K="${K:-4}"; LR="${LR:-2e-6}"; BETA="${BETA:-0.1}"; N_EVAL="${N_EVAL:-200}"
 mkdir -p "$W"
 "$BIN" data gen add --n "$N" --split train --seed 7 --out "$W/prompts.jsonl"
-"$BIN" eval math --data "$W/prompts.jsonl" --model "$SFT" --samples "$K" --temperature 1 --top-p 1 \
+"$BIN" eval math --data "$W/prompts.jsonl" --model "$SFT" --samples "$K" --temperature 1 --top-p 1 --parallel 32 \
     --max-tokens 256 --out "$W/samples.jsonl" --json > "$W/samples.json"
 python3 "$HERE/pairs_from_eval.py" "$W/samples.jsonl" --per-item 2 > "$W/pairs.jsonl"
 [ -z "${RM:-}" ] || "$BIN" train rm --model "$SFT" --data "$W/pairs.jsonl" --out "$W/rm" --lr 1e-5 | tee "$W/rm.txt"
