@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, Var, D};
 use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Most prompt tokens one forward pass takes; longer prompts are prefilled in chunks.
@@ -610,20 +609,32 @@ impl Llama {
                 let (qs, ks) = (nh * hd, nkv * hd);
                 let rope = &self.rope;
                 let interleaved = cfg.rope_interleaved;
-                let outs: Vec<Result<Vec<f32>>> = caches
-                    .par_iter_mut()
-                    .zip(qv.par_chunks_mut(qs).zip(kv.par_chunks_mut(ks)).zip(vv.par_chunks(ks)))
-                    .map(|(c, ((qi, ki), vi))| {
-                        let pos = c.len;
+                // On the kernel pool, like the matmuls around it: handing the cores to rayon's
+                // threads for this and back costs wake-ups every layer.
+                let seqs: Vec<std::sync::Mutex<(&mut Cache, &mut [f32], &mut [f32], &[f32])>> = caches
+                    .iter_mut()
+                    .zip(qv.chunks_mut(qs).zip(kv.chunks_mut(ks)).zip(vv.chunks(ks)))
+                    .map(|(c, ((qi, ki), vi))| std::sync::Mutex::new((&mut **c, qi, ki, vi)))
+                    .collect();
+                let outs: Vec<std::sync::Mutex<Option<Result<Vec<f32>>>>> =
+                    (0..b).map(|_| std::sync::Mutex::new(None)).collect();
+                nanbeige_kernels::pool::for_each(b, |i| {
+                    let mut guard = seqs[i].lock().unwrap();
+                    let (c, qi, ki, vi) = &mut *guard;
+                    let pos = c.len;
+                    let mut run = || -> Result<Vec<f32>> {
                         rope.rotate_row(qi, nh, hd, pos, interleaved)?;
                         rope.rotate_row(ki, nkv, hd, pos, interleaved)?;
                         c.append_row(l, ki, vi, nkv, hd)?;
                         c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd)
-                    })
-                    .collect();
+                    };
+                    let r = run();
+                    *outs[i].lock().unwrap() = Some(r);
+                });
+                drop(seqs);
                 let mut flat = Vec::with_capacity(b * qs);
                 for o in outs {
-                    flat.extend(o?);
+                    flat.extend(o.into_inner().unwrap().context("batched attention: a sequence was not run")??);
                 }
                 Tensor::from_vec(flat, (b, 1, qs), &Device::Cpu)?
             };
