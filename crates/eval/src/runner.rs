@@ -118,24 +118,17 @@ fn eval_item(item: &Item, backend: &dyn Backend, cfg: &Config) -> Result<Value> 
 fn record(item: &Item, replies: &[(Reply, f64)], cfg: &Config) -> Result<Value> {
     let mut samples = vec![];
     let (mut passes, mut score_sum, mut fmt) = (0usize, 0.0, 0usize);
-    let mut reference_s = None;
+    let mut timer = match &item.gold {
+        Gold::Code(t) if cfg.efficiency > 0 => score::SpeedTimer::new(t, cfg.efficiency, cfg.code_timeout),
+        _ => None,
+    };
     for (reply, secs) in replies {
         let (s, mut extra) = score_reply(item, reply, cfg.code_timeout)?;
-        if let (Gold::Code(t), true, true) = (&item.gold, s == 1.0, cfg.efficiency > 0) {
-            if let (Some(bench), Some(reference)) = (&t.bench, &t.reference) {
-                let tr = match reference_s {
-                    Some(tr) => tr,
-                    None => *reference_s.insert(score::time_code(reference, t, bench, cfg.efficiency, cfg.code_timeout)?),
-                };
-                let tc = score::time_reply(&reply.text, t, bench, cfg.efficiency, cfg.code_timeout)?;
-                let speedup = match (tr, tc) {
-                    (Some(tr), Some(tc)) if tc > 0.0 => Some(tr / tc),
-                    _ => None,
-                };
-                extra["bench_s"] = json!(tc);
-                extra["reference_bench_s"] = json!(tr);
-                extra["speedup"] = json!(speedup);
-            }
+        if let (Some(timer), true) = (timer.as_mut(), s == 1.0) {
+            let sp = timer.time(&reply.text)?;
+            extra["bench_s"] = json!(sp.reply_s);
+            extra["reference_bench_s"] = json!(sp.reference_s);
+            extra["speedup"] = json!(sp.speedup);
         }
         let f = score::format_ok(&reply.text);
         passes += (s == 1.0) as usize;

@@ -313,9 +313,46 @@ pub fn time_code(code: &str, tests: &CodeTests, bench: &str, repeats: usize, tim
     Ok(out.lines().find_map(|l| l.strip_prefix(&marker)).and_then(|v| v.trim().parse::<f64>().ok()))
 }
 
-/// `time_code` on the code a reply contains.
-pub fn time_reply(text: &str, tests: &CodeTests, bench: &str, repeats: usize, timeout: Duration) -> Result<Option<f64>> {
-    time_code(&extract_code(text, &tests.entry_point), tests, bench, repeats, timeout)
+/// Times replies to one code item against its reference solution on its benchmark input (eval's
+/// `--efficiency` and code RL's efficiency reward). The reference is timed once, when first needed.
+pub struct SpeedTimer<'a> {
+    tests: &'a CodeTests,
+    bench: &'a str,
+    reference: &'a str,
+    repeats: usize,
+    timeout: Duration,
+    reference_s: Option<Option<f64>>,
+}
+
+/// One reply's timing: seconds for the reply and the reference (None: failed to run or timed
+/// out) and t_reference / t_reply when both ran.
+pub struct Speed {
+    pub reply_s: Option<f64>,
+    pub reference_s: Option<f64>,
+    pub speedup: Option<f64>,
+}
+
+impl<'a> SpeedTimer<'a> {
+    /// None when the item has no benchmark input or no reference solution.
+    pub fn new(tests: &'a CodeTests, repeats: usize, timeout: Duration) -> Option<Self> {
+        let (bench, reference) = (tests.bench.as_deref()?, tests.reference.as_deref()?);
+        Some(Self { tests, bench, reference, repeats, timeout, reference_s: None })
+    }
+
+    /// Time the code a reply contains (median of `repeats` calls), and the reference once.
+    pub fn time(&mut self, reply: &str) -> Result<Speed> {
+        let reference_s = match self.reference_s {
+            Some(t) => t,
+            None => *self.reference_s.insert(time_code(self.reference, self.tests, self.bench, self.repeats, self.timeout)?),
+        };
+        let code = extract_code(reply, &self.tests.entry_point);
+        let reply_s = time_code(&code, self.tests, self.bench, self.repeats, self.timeout)?;
+        let speedup = match (reference_s, reply_s) {
+            (Some(tr), Some(tc)) if tc > 0.0 => Some(tr / tc),
+            _ => None,
+        };
+        Ok(Speed { reply_s, reference_s, speedup })
+    }
 }
 
 /// The chosen option letter (A, B, …; `n` options) of a multiple-choice reply.

@@ -67,22 +67,18 @@ impl GroupReward for CodeEfficiency {
     fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
         let mut out = self.base.score(item, replies)?;
         let Gold::Code(tests) = &item.gold else { return Ok(out) };
-        let (Some(bench), Some(reference)) = (tests.bench.as_ref(), tests.reference.as_ref()) else { return Ok(out) };
-        let reference = score::time_code(reference, tests, bench, self.repeats, self.base.code_timeout)?;
+        let Some(mut timer) = score::SpeedTimer::new(tests, self.repeats, self.base.code_timeout) else { return Ok(out) };
         for (s, r) in out.iter_mut().zip(replies) {
             if !s.passed {
                 continue;
             }
-            let t = score::time_reply(&r.text, tests, bench, self.repeats, self.base.code_timeout)?;
-            let eff = match (reference, t) {
-                (Some(tr), Some(tc)) if tc > 0.0 => (tr / tc).clamp(0.0, 2.0) / 2.0,
-                _ => 0.0,
-            };
+            let sp = timer.time(&r.text)?;
+            let eff = sp.speedup.map_or(0.0, |x| x.clamp(0.0, 2.0) / 2.0);
             s.reward += self.weight * eff;
             if let Value::Object(m) = &mut s.extra {
                 m.insert("efficiency".into(), json!(eff));
-                m.insert("bench_s".into(), json!(t));
-                m.insert("reference_bench_s".into(), json!(reference));
+                m.insert("bench_s".into(), json!(sp.reply_s));
+                m.insert("reference_bench_s".into(), json!(sp.reference_s));
             }
         }
         Ok(out)
