@@ -4,24 +4,26 @@
 # with the verifiable reward (exact answer + 0.1 for the format). Then held-out accuracy before and
 # after with 95% intervals and paired comparisons, greedy and sampled (temperature 1, 4 samples).
 #   scripts/train/grpo_add.sh SFT_MODEL_DIR [WORKDIR]
-#   env: STEPS, PROMPTS, GROUP, LR, SEED, BATCH_TOKENS, N_EVAL, LORA (rank; default full fine-tuning)
+#   env: STEPS, PROMPTS, GROUP, LR, SEED, BATCH_TOKENS, N_EVAL, LORA (rank; default full fine-tuning),
+#        TEMP (rollout temperature, default 1)
+# Evaluations already in WORKDIR (e.g. the SFT model's, copied from an earlier run) are kept.
 # Defaults are run 3 of the doc; run 2 was STEPS=25 LR=3e-6 SEED=2 BATCH_TOKENS=256.
 set -euo pipefail
 BIN="${NANBEIGE_BIN:-nanbeige}"
 SFT="$1"; W="${2:-runs/grpo-add}"
 STEPS="${STEPS:-30}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e-5}"; SEED="${SEED:-3}"
-BATCH_TOKENS="${BATCH_TOKENS:-512}"; N_EVAL="${N_EVAL:-200}"
+BATCH_TOKENS="${BATCH_TOKENS:-512}"; N_EVAL="${N_EVAL:-200}"; TEMP="${TEMP:-1}"
 LORA_FLAGS=(); [ -z "${LORA:-}" ] || LORA_FLAGS=(--lora "$LORA")
 mkdir -p "$W"
 /usr/bin/time -v "$BIN" train grpo --model "$SFT" --gen add --n 2000 --out "$W/grpo" --steps "$STEPS" \
-    --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \
+    --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \
     --rollout-batch 48 --save-every 10 --seed "$SEED" "${LORA_FLAGS[@]}" 2> "$W/train.log"
 for m in sft grpo; do
     M="$SFT"; [ "$m" = grpo ] && M="$W/grpo"
-    "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 --parallel 16 \
-        --out "$W/greedy-$m.jsonl" --json > "$W/greedy-$m.json"
-    "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 --parallel 16 \
-        --samples 4 --temperature 1 --top-p 1 --out "$W/sampled-$m.jsonl" --json > "$W/sampled-$m.json"
+    [ -s "$W/greedy-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
+        --parallel 16 --out "$W/greedy-$m.jsonl" --json > "$W/greedy-$m.json"
+    [ -s "$W/sampled-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
+        --parallel 16 --samples 4 --temperature 1 --top-p 1 --out "$W/sampled-$m.jsonl" --json > "$W/sampled-$m.json"
 done
 "$BIN" eval compare "$W/greedy-sft.jsonl" "$W/greedy-grpo.jsonl" | tee "$W/compare-greedy.txt"
 "$BIN" eval compare "$W/sampled-sft.jsonl" "$W/sampled-grpo.jsonl" | tee "$W/compare-sampled.txt"

@@ -328,6 +328,7 @@ fn distill_cmd(d: DistillArgs) -> Result<()> {
                 pairs_per_step: d.pairs_per_step,
                 lr: o.lr,
                 beta: d.beta,
+                nll: 0.0,
                 clip: o.clip,
                 seed: o.seed,
                 dtype: o.dtype,

@@ -275,6 +275,9 @@ pub struct PairArgs {
     /// DPO: strength of the preference.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
+    /// DPO: weight of the chosen reply's per-token NLL (RPO; 0: plain DPO).
+    #[arg(long, default_value_t = 0.0)]
+    nll: f64,
     /// Hold out every k-th pair and report accuracy on them (0: none).
     #[arg(long, default_value_t = 5)]
     holdout: usize,
@@ -335,19 +338,21 @@ pub fn dpo_cmd(a: PairArgs) -> Result<()> {
         pairs_per_step: a.pairs_per_step,
         lr: a.lr,
         beta: a.beta,
+        nll: a.nll,
         clip: a.clip,
         seed: a.seed,
         dtype: candle_core::DType::F32,
     };
     let r = distill::train_dpo(&mut lm, &origin, &train, &o)?;
     println!(
-        "DPO on {} pairs ({} held out), {} steps: loss {:.4} -> {:.4}, reward accuracy {:.2} at the end, {:.1}s; model saved to {}",
+        "DPO on {} pairs ({} held out), {} steps: loss {:.4} -> {:.4}, reward accuracy {:.2} and chosen log-prob per token {:+.3} at the end, {:.1}s; model saved to {}",
         train.len(),
         test.len(),
         r.steps,
         r.first_loss,
         r.last_loss,
         r.last_accuracy,
+        r.last_chosen_shift,
         r.seconds,
         a.out.display()
     );

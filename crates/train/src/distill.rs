@@ -168,6 +168,9 @@ pub struct DpoOptions {
     pub pairs_per_step: usize,
     pub lr: f64,
     pub beta: f64,
+    /// RPO: weight of the chosen reply's per-token NLL added to the DPO loss (0: plain DPO). DPO
+    /// alone only widens the margin, and can do so by lowering both replies' likelihood.
+    pub nll: f64,
     pub clip: f64,
     pub seed: u64,
     pub dtype: DType,
@@ -179,7 +182,14 @@ pub struct DpoSummary {
     pub last_loss: f64,
     /// Share of pairs whose implicit reward prefers the chosen reply, at the last step.
     pub last_accuracy: f64,
+    /// Mean per-token change of the chosen replies' log-prob from the reference, at the last step.
+    pub last_chosen_shift: f64,
     pub seconds: f64,
+}
+
+/// Trained (reply) tokens of an example, at least 1.
+fn reply_tokens(e: &Example) -> f64 {
+    e.mask.iter().filter(|&&m| m).count().max(1) as f64
 }
 
 /// DPO on `pairs`: the policy is `lm` (made trainable here), the reference its starting state.
@@ -200,7 +210,7 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
     let mut log = MetricsLog::open(&log_path, 0)?;
     let t0 = Instant::now();
     let mut order = data::Shuffled::new(pairs.len(), o.seed);
-    let (mut first, mut last, mut acc) = (f64::NAN, f64::NAN, 0.0);
+    let (mut first, mut last, mut acc, mut shift) = (f64::NAN, f64::NAN, 0.0, 0.0);
     let n = o.pairs_per_step.max(1);
     for step in 0..o.steps {
         let mut batch = Vec::with_capacity(n);
@@ -210,6 +220,9 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
         let mut grads = GradAccum::new(&opt);
         let mut total = 0.0;
         let mut wins = 0;
+        // Mean change of the chosen / rejected replies' log-probs from the reference, per token:
+        // a falling chosen shift is DPO's likelihood displacement.
+        let (mut chosen_shift, mut rejected_shift) = (0.0, 0.0);
         for &i in &batch {
             let (c, r) = pair_logprobs(&lm.model, &pairs[i])?;
             let (l, margin) = loss::dpo_loss(
@@ -219,6 +232,10 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
                 &refs[i].1.unsqueeze(0)?,
                 o.beta,
             )?;
+            let (nc, nr) = (reply_tokens(&pairs[i].chosen), reply_tokens(&pairs[i].rejected));
+            chosen_shift += ((&c - &refs[i].0)?.to_scalar::<f32>()? as f64) / nc / n as f64;
+            rejected_shift += ((&r - &refs[i].1)?.to_scalar::<f32>()? as f64) / nr / n as f64;
+            let l = if o.nll > 0.0 { (l - (c * (o.nll / nc))?)? } else { l };
             let l = (l / n as f64)?;
             total += l.to_scalar::<f32>()? as f64;
             wins += usize::from(margin > 0.0);
@@ -231,7 +248,9 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
         }
         last = total;
         acc = wins as f64 / n as f64;
+        shift = chosen_shift;
         log.write(&json!({"step": step, "loss": total, "reward_accuracy": acc, "grad_norm": gnorm, "lr": o.lr,
+            "chosen_logp_shift": chosen_shift, "rejected_logp_shift": rejected_shift,
             "elapsed_s": t0.elapsed().as_secs_f64()}))?;
         eprint!("\rdpo step {}/{} loss {total:.4} reward acc {acc:.2}", step + 1, o.steps);
     }
@@ -243,6 +262,7 @@ pub fn train_dpo(lm: &mut LoadedModel, origin: &Origin, pairs: &[Pair], o: &DpoO
         first_loss: first,
         last_loss: last,
         last_accuracy: acc,
+        last_chosen_shift: shift,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

@@ -19,7 +19,7 @@ use crate::optim::{AdamW, GradAccum};
 use crate::rewards::{GroupReward, Scored};
 use crate::rl;
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use nanbeige_engine::prompt::chat_prompt;
 use nanbeige_engine::{generate_batch, BatchRequest, FinishReason, GenParams, LoadedModel, SamplingParams};
 use nanbeige_eval::backend::{reply_from_generation, Backend, Reply, Sampling};
@@ -262,13 +262,13 @@ pub fn policy_step(
     let mut grads = GradAccum::new(opt);
     let mut kl_sum = 0.0;
     for (row, adv) in &rows {
-        let logits = model.forward_packed(&row.ids, &row.positions, &row.segments)?;
+        let logits = tempered(model.forward_packed(&row.ids, &row.positions, &row.segments)?, o.temperature)?;
         let logp = loss::token_logprobs(&logits, &row.targets)?;
         // One update per batch: the sampling policy is the current one, so old = logp.
         let old = logp.detach().to_vec1::<f32>()?;
         let mut l = rl::clipped_policy_loss(&logp, &old, adv, &row.weights, o.eps_low, o.eps_high)?;
         if let (Some(r), true) = (reference, o.kl > 0.0) {
-            let ref_lp = row_logprobs(r, row)?;
+            let ref_lp = row_logprobs(r, row, o.temperature)?;
             let kl = rl::kl_k3_sum(&logp, &ref_lp, &row.weights)?;
             kl_sum += kl.to_scalar::<f32>()? as f64;
             l = (l + (kl * o.kl)?)?;
@@ -283,9 +283,20 @@ pub fn policy_step(
     Ok(st)
 }
 
-/// Log-probs of a packed row's targets under `model`, without a graph (reference policy).
-fn row_logprobs(model: &Llama, row: &Packed) -> Result<Vec<f32>> {
-    let logits = model.forward_packed(&row.ids, &row.positions, &row.segments)?;
+/// Logits of the policy that sampled the rollouts: at temperature T the sampler draws from
+/// softmax(z / T), so the update must score and differentiate that distribution, or replies drawn
+/// at T < 1 are treated as if the T = 1 policy had produced them.
+fn tempered(logits: Tensor, temperature: f32) -> Result<Tensor> {
+    if temperature == 1.0 {
+        return Ok(logits);
+    }
+    Ok((logits / temperature as f64)?)
+}
+
+/// Log-probs of a packed row's targets under `model` at the sampling temperature, without a graph
+/// (reference policy).
+fn row_logprobs(model: &Llama, row: &Packed, temperature: f32) -> Result<Vec<f32>> {
+    let logits = tempered(model.forward_packed(&row.ids, &row.positions, &row.segments)?, temperature)?;
     Ok(loss::token_logprobs(&logits, &row.targets)?.detach().to_vec1::<f32>()?)
 }
 

@@ -278,6 +278,7 @@ fn distillation_modes_run() {
         pairs_per_step: 4,
         lr: 3e-3,
         beta: 0.5,
+        nll: 0.0,
         clip: 1.0,
         seed: 0,
         dtype: DType::F32,
@@ -292,4 +293,11 @@ fn distillation_modes_run() {
         r.last_accuracy
     );
     assert!(d.join("dpo/model.safetensors").is_file());
+
+    // RPO: with the chosen reply's NLL added, the chosen replies become more likely, not just
+    // more likely than the rejected ones.
+    let mut st = sft::load_model(&model, DType::F32, false).unwrap();
+    let rpo = nanbeige_train::distill::DpoOptions { out: d.join("rpo"), nll: 1.0, ..dpo };
+    let r = nanbeige_train::distill::train_dpo(&mut st, &origin, &pairs, &rpo).unwrap();
+    assert!(r.last_chosen_shift > 0.0, "chosen log-prob per token moved by {}", r.last_chosen_shift);
 }
