@@ -3,7 +3,7 @@
 (nanbeige serve, or llama.cpp's llama-server for comparison). Standard library only.
 
   server_load.py concurrency URL [--streams 8] [--tokens 64]
-      aggregate decode tokens/s of N concurrent streaming requests vs one stream alone
+      aggregate decode tokens/s of N concurrent streaming requests vs one stream alone (median of 3)
   server_load.py followup URL [--context-tokens 2000]
       time to first token of a follow-up turn (+~50 tokens) vs the cold prefill of the whole conversation
   server_load.py load URL [--requests 200] [--concurrency 32]
@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import http.client
 import json
 import random
+import statistics
 import sys
 import time
 import urllib.parse
@@ -75,8 +76,12 @@ def concurrency(a):
     # Warm-up, then one stream alone, then N together; ignore_eos keeps lengths equal.
     extra = {"ignore_eos": True}
     stream_chat(a.url, prompt(0), 8, extra=extra)
-    _, t1, n1, _, _ = stream_chat(a.url, prompt(1), a.tokens, extra=extra)
-    single = n1 / t1
+    # One stream alone: the median of three requests (one request moved by +-20% between runs).
+    singles = []
+    for i in range(3):
+        _, t1, n1, _, _ = stream_chat(a.url, prompt(1 + i), a.tokens, extra=extra)
+        singles.append(n1 / t1)
+    single = statistics.median(singles)
     t0 = time.time()
     with cf.ThreadPoolExecutor(a.streams) as ex:
         res = list(ex.map(lambda i: stream_chat(a.url, prompt(i), a.tokens, extra=extra), range(a.streams)))

@@ -59,6 +59,20 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(a.request_timeout.max(1)),
         max_body_bytes: a.max_body_bytes,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The HTTP threads run at a lower priority than the model's compute threads: each streamed
+    // token wakes one, and on a machine with as many compute threads as cores a wake-up that
+    // preempts a compute thread mid-matmul stalls the whole batched step (about +5-10% aggregate
+    // for 8 streams on SmolLM2). They still get their share of CPU, so requests are served.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| {
+            // SAFETY: plain syscall on the calling thread (Linux applies PRIO_PROCESS 0 per thread).
+            #[cfg(target_os = "linux")]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+        })
+        .enable_all()
+        .build()?;
     rt.block_on(nanbeige_server::serve(lm, opts))
 }

@@ -49,17 +49,64 @@ pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
     });
 }
 
+/// Several matrices of one format and row length applied to the same x (q, k and v; gate and
+/// up): `ys[i] = x . ws[i]^T`. x is quantized once and all the products share one pool call, so a
+/// decode step pays the activation quantization and the call's start and tail once per input
+/// instead of once per matrix. Results are identical to separate `matmul` calls.
+pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), ys.len(), "matmul_many: {} matrices for {} outputs", ws.len(), ys.len());
+    let Some(w0) = ws.first() else { return };
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert!(w.format() == w0.format() && w.k() == w0.k(), "matmul_many: matrices differ in format or k");
+        assert_eq!(y.len(), m * w.n(), "matmul_many: y has {} values, expected {m}x{}", y.len(), w.n());
+    }
+    assert_eq!(x.len(), m * w0.k(), "matmul_many: x has {} values, expected {m}x{}", x.len(), w0.k());
+    assert!(isa.is_supported(), "matmul_many: the {} path cannot run on this CPU", isa.name());
+    if m == 0 {
+        return;
+    }
+    ACTS.with(|a| {
+        let mut fresh = Acts::default();
+        let mut guard = a.try_borrow_mut();
+        let acts = match guard.as_mut() {
+            Ok(g) => &mut **g,
+            Err(_) => &mut fresh,
+        };
+        acts.quantize(w0.format(), x, m, w0.k(), isa);
+        let outs: Vec<(&PackedMatrix, SendPtr<f32>)> =
+            ws.iter().zip(ys.iter_mut()).map(|(w, y)| (*w, SendPtr(y.as_mut_ptr()))).collect();
+        run_all(isa, &outs, acts);
+    });
+}
+
 fn run(isa: Isa, w: &PackedMatrix, a: &Acts, y: &mut [f32]) {
-    let (m, n, k, groups) = (a.m, w.n(), w.k(), w.groups());
-    let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
+    run_all(isa, &[(w, SendPtr(y.as_mut_ptr()))], a);
+}
+
+/// The products `(w, y)` as one pool call: the items of every matrix, one after the other.
+fn run_all(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
+    let m = a.m;
+    let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / a.k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
     let chunks = m.div_ceil(mc);
     // Enough items per chunk that both cores stay busy even if one is interrupted; each still
     // covers several groups so the per-item overhead stays small.
     let want = if chunks == 1 { pool::threads() * 8 } else { pool::threads() * 2 };
-    let per_item = groups.div_ceil(want.min(groups));
-    let items_per_chunk = groups.div_ceil(per_item);
-    let y = SendPtr(y.as_mut_ptr());
-    pool::for_each(chunks * items_per_chunk, |item| {
+    // Per matrix: (groups per item, items per chunk, first item).
+    let mut plan = Vec::with_capacity(outs.len());
+    let mut total = 0;
+    for (w, _) in outs {
+        let groups = w.groups();
+        let per_item = groups.div_ceil(want.min(groups).max(1)).max(1);
+        let items_per_chunk = groups.div_ceil(per_item);
+        plan.push((per_item, items_per_chunk, total));
+        total += chunks * items_per_chunk;
+    }
+    pool::for_each(total, |item| {
+        let wi = plan.partition_point(|p| p.2 <= item) - 1;
+        let (per_item, items_per_chunk, first) = plan[wi];
+        let (w, y) = (outs[wi].0, outs[wi].1);
+        let (n, groups) = (w.n(), w.groups());
+        let item = item - first;
         let (c, gi) = (item / items_per_chunk, item % items_per_chunk);
         let (r0, r1) = (c * mc, ((c + 1) * mc).min(m));
         for g in gi * per_item..((gi + 1) * per_item).min(groups) {

@@ -39,6 +39,17 @@ pub fn matmul_isa(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]
     gemm::matmul(isa, w, x, m, y)
 }
 
+/// `matmul` of the same x by several packed matrices of one format and row length, quantizing x
+/// once and sharing one pool call (q/k/v, gate/up). Same results as one `matmul` per matrix.
+pub fn matmul_many(ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    gemm::matmul_many(active_isa(), ws, x, m, ys)
+}
+
+/// `matmul_many` on a chosen path (panics if this CPU cannot run it).
+pub fn matmul_many_isa(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    gemm::matmul_many(isa, ws, x, m, ys)
+}
+
 /// y (m x n) = x (m x k) . W^T for half-precision W (n x k), on the active path.
 pub fn matmul_float(w: FloatWeights, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     float::matmul_float(active_isa(), w, n, k, x, m, y)

@@ -253,3 +253,33 @@ fn each_row_is_independent_of_the_batch() {
         }
     }
 }
+
+/// Several matrices on one input (q/k/v, gate/up) in one call give exactly what one call per
+/// matrix gives, for every format and path, with matrices of different heights (odd ones too).
+#[test]
+fn matmul_many_equals_one_call_per_matrix() {
+    let mut rng = common::rng("matmul_many");
+    for f in Format::ALL {
+        let k = 2 * f.block_len().max(64);
+        let ns = [37usize, 16, 5];
+        let ws: Vec<PackedMatrix> = ns
+            .iter()
+            .map(|&n| PackedMatrix::from_gguf(f, n, k, &common::random_blocks(&mut rng, f, n, k)).unwrap())
+            .collect();
+        let refs: Vec<&PackedMatrix> = ws.iter().collect();
+        for &m in &[1usize, 8, 21] {
+            let x = common::random_acts(&mut rng, m, k);
+            for isa in nanbeige_kernels::supported_isas() {
+                let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+                let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                nanbeige_kernels::matmul_many_isa(isa, &refs, &x, m, &mut ys);
+                for (w, got) in ws.iter().zip(&outs) {
+                    let mut want = vec![0f32; m * w.n()];
+                    matmul_isa(isa, w, &x, m, &mut want);
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{f:?} {isa:?} m={m} n={}: matmul_many differs from matmul", w.n());
+                }
+            }
+        }
+    }
+}

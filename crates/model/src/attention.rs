@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, Storage, Tensor};
-use rayon::prelude::*;
+use std::sync::Mutex;
 use std::ops::Range;
 
 /// Below this much work (positions x heads x head_dim) threads cost more than they save.
@@ -255,7 +255,7 @@ fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
 /// e^r by its Taylor series to r^7 (|r| <= ln2/2: relative error below 1e-7), 2^n from the
 /// exponent bits. libm's expf is a call per element, which dominated attention at long context.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
     // Round to nearest by the 1.5 * 2^23 trick: floor() is a libm call without SSE4.1.
     const MAGIC: f32 = 12_582_912.0;
@@ -277,7 +277,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// Returns nh * hd values.
 #[cfg(test)]
 pub(crate) fn decode<R: Rows>(q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
-    prefill(q, k, v, 1, t - 1, nh, nkv, hd)
+    prefill(q, k, v, 1, t - 1, nh, nkv, hd, true)
 }
 
 /// Query rows per prefill work item (times the query heads of one kv head).
@@ -289,7 +289,9 @@ const PREFILL_KEYS: usize = 256;
 /// `0..start + s`, flash-attention style: per kv head and block of query rows, keys are visited in
 /// chunks with a running softmax, so no (s x t) score matrix is ever built, key chunks entirely in
 /// the future are skipped, and masked scores are never computed into the sums. `q` is (nh, s, hd)
-/// roped; returns (s, nh * hd).
+/// roped; returns (s, nh * hd). With `parallel`, large calls are split over the kernel pool; a
+/// caller that is itself one of several parallel items (batched decode) passes false, because a
+/// nested split only hands the cores to another pool and back.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn prefill<R: Rows>(
     q: &[f32],
@@ -300,6 +302,7 @@ pub(crate) fn prefill<R: Rows>(
     nh: usize,
     nkv: usize,
     hd: usize,
+    parallel: bool,
 ) -> Vec<f32> {
     let rep = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -309,8 +312,11 @@ pub(crate) fn prefill<R: Rows>(
         let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
         (g, i0, prefill_block_dispatch(q, k, v, g, i0..i1, s, start, rep, hd, scale))
     };
-    let parts: Vec<(usize, usize, Vec<f32>)> = if s * (start + s) * nh * hd >= PARALLEL_MIN_WORK {
-        items.par_iter().map(work).collect()
+    let parts: Vec<(usize, usize, Vec<f32>)> = if parallel && s * (start + s) * nh * hd >= PARALLEL_MIN_WORK {
+        // The same pool as the matmuls around it, so the cores are not handed to rayon and back.
+        let slots: Vec<Mutex<Option<(usize, usize, Vec<f32>)>>> = items.iter().map(|_| Mutex::new(None)).collect();
+        nanbeige_kernels::pool::for_each(items.len(), |i| *slots[i].lock().unwrap() = Some(work(&items[i])));
+        slots.into_iter().map(|m| m.into_inner().unwrap().expect("every attention item ran")).collect()
     } else {
         items.iter().map(work).collect()
     };
@@ -523,7 +529,10 @@ mod tests {
             let q = rand(nh * s * hd, &mut seed);
             let (k, v) = (rand(nkv * t * hd, &mut seed), rand(nkv * t * hd, &mut seed));
             let (kr, vr) = (F32Rows { data: &k, cap: t, hd }, F32Rows { data: &v, cap: t, hd });
-            let got = prefill(&q, &kr, &vr, s, start, nh, nkv, hd);
+            let got = prefill(&q, &kr, &vr, s, start, nh, nkv, hd, true);
+            // Split over the pool or not (batched decode runs it serially): the same numbers.
+            let serial = prefill(&q, &kr, &vr, s, start, nh, nkv, hd, false);
+            assert!(got.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "s={s} start={start}");
             for i in 0..s {
                 // Query i's heads as one (nh * hd) row; keys visible: 0..=start + i.
                 let qi: Vec<f32> = (0..nh).flat_map(|h| q[(h * s + i) * hd..(h * s + i + 1) * hd].to_vec()).collect();

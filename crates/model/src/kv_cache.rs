@@ -244,6 +244,7 @@ impl Cache {
         nh: usize,
         nkv: usize,
         hd: usize,
+        parallel: bool,
     ) -> Result<Vec<f32>> {
         Ok(match &self.layers[layer] {
             Some(LayerKv::F32 { k, v }) => {
@@ -251,12 +252,12 @@ impl Cache {
                 attention::with_f32(k, |kd| {
                     attention::with_f32(v, |vd| {
                         let (kr, vr) = (F32Rows { data: kd, cap, hd }, F32Rows { data: vd, cap, hd });
-                        attention::prefill(q, &kr, &vr, s, start, nh, nkv, hd)
+                        attention::prefill(q, &kr, &vr, s, start, nh, nkv, hd, parallel)
                     })
                 })??
             }
             Some(LayerKv::Q8 { k, v }) => {
-                attention::prefill(q, &k.rows(nkv, hd), &v.rows(nkv, hd), s, start, nh, nkv, hd)
+                attention::prefill(q, &k.rows(nkv, hd), &v.rows(nkv, hd), s, start, nh, nkv, hd, parallel)
             }
             None => bail!("kv cache: layer {layer} is empty"),
         })
@@ -264,6 +265,7 @@ impl Cache {
 
     /// `attend_decode` on plain slices: `q` is nh * hd roped values; returns nh * hd. The same
     /// routine as a prompt chunk (one query row), so results do not depend on the split.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn attend_decode_row(
         &self,
         layer: usize,
@@ -272,8 +274,9 @@ impl Cache {
         nh: usize,
         nkv: usize,
         hd: usize,
+        parallel: bool,
     ) -> Result<Vec<f32>> {
-        self.attend_prefill_row(layer, q, 1, t - 1, nh, nkv, hd)
+        self.attend_prefill_row(layer, q, 1, t - 1, nh, nkv, hd, parallel)
     }
 
     /// Single-query attention of `q` (1, nh, 1, hd) over the first `t` cached positions of
@@ -281,7 +284,7 @@ impl Cache {
     pub(crate) fn attend_decode(&self, layer: usize, q: &Tensor, t: usize, nkv: usize) -> Result<Tensor> {
         let (_, nh, _, hd) = q.dims4()?;
         let q = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let out = self.attend_decode_row(layer, &q, t, nh, nkv, hd)?;
+        let out = self.attend_decode_row(layer, &q, t, nh, nkv, hd, true)?;
         Ok(Tensor::from_vec(out, (1, 1, nh * hd), &Device::Cpu)?)
     }
 }

@@ -215,6 +215,65 @@ impl Linear {
     }
 }
 
+/// Several linears applied to the same input (q/k/v, gate/up). When all are packed in one format
+/// with one row length and carry no adapter, x is quantized once and the products share one kernel
+/// call (same numbers as separate calls); otherwise each runs on its own.
+fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let packed: Option<Vec<&PackedMatrix>> = ls
+        .iter()
+        .map(|l| match (&l.weight, &l.lora) {
+            (LinearWeight::Packed(p, _), None) => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    let outs: Vec<Tensor> = match packed {
+        Some(ps) if ps.windows(2).all(|w| w[0].format() == w[1].format() && w[0].k() == w[1].k()) => {
+            let ys = with_rows(x, |xs, m| {
+                let mut ys: Vec<Vec<f32>> = ps.iter().map(|p| vec![0f32; m * p.n()]).collect();
+                let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+                nanbeige_kernels::matmul_many(&ps, xs, m, &mut views);
+                ys
+            })?;
+            let mut outs = Vec::with_capacity(N);
+            for ((l, p), y) in ls.iter().zip(&ps).zip(ys) {
+                let t = Tensor::from_vec(y, out_shape(x, p.n()), &Device::Cpu)?;
+                outs.push(match &l.bias {
+                    Some(b) => t.broadcast_add(b)?,
+                    None => t,
+                });
+            }
+            outs
+        }
+        _ => ls.iter().map(|l| l.forward(x)).collect::<Result<_>>()?,
+    };
+    Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per linear")))
+}
+
+/// silu(g) * u in one pass over plain slices (inference): candle's silu and mul are two passes,
+/// two allocations and a libm call per element. sigmoid(x) from e = e^-|x| (never overflows):
+/// 1 / (1 + e) for x >= 0, e / (1 + e) below.
+fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    if g.dims() != u.dims() || g.dtype() != DType::F32 || u.dtype() != DType::F32 {
+        return Ok((g.silu()? * u)?);
+    }
+    let n = g.elem_count();
+    let out = crate::attention::with_f32(&g, |gs| {
+        crate::attention::with_f32(&u, |us| {
+            gs[..n]
+                .iter()
+                .zip(&us[..n])
+                .map(|(&x, &y)| {
+                    let e = crate::attention::exp_nonpositive(-x.abs());
+                    let num = if x >= 0.0 { 1.0 } else { e };
+                    x * num / (1.0 + e) * y
+                })
+                .collect::<Vec<f32>>()
+        })
+    })??;
+    Ok(Tensor::from_vec(out, g.dims(), &Device::Cpu)?)
+}
+
 struct Attention {
     q: Linear,
     k: Linear,
@@ -417,9 +476,9 @@ impl Llama {
             x = (x + a)?;
             let h = rms_norm(&x, &block.ffn_norm, self.cfg.rms_norm_eps, self.differentiable)?;
             let m = &block.mlp;
-            let g = m.gate.forward(&h)?;
-            let g = if self.differentiable { (&g * candle_nn::ops::sigmoid(&g)?)? } else { g.silu()? };
-            let f = m.down.forward(&(g * m.up.forward(&h)?)?)?;
+            let [g, u] = forward_many([&m.gate, &m.up], &h)?;
+            let gu = if self.differentiable { ((&g * candle_nn::ops::sigmoid(&g)?)? * u)? } else { swiglu(&g, &u)? };
+            let f = m.down.forward(&gu)?;
             x = (x + f)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.differentiable)
@@ -494,9 +553,10 @@ impl Llama {
         let cfg = &self.cfg;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let q = a.q.forward(x)?.reshape((b, s, nh, hd))?.transpose(1, 2)?;
-        let k = a.k.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-        let v = a.v.forward(x)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let [q, k, v] = forward_many([&a.q, &a.k, &a.v], x)?;
+        let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
         a.o.forward(&self.attend(layer, q, k, v, start, pos, cache, mask)?)
     }
 
@@ -541,7 +601,7 @@ impl Llama {
                 if b == 1 && !self.differentiable {
                     // Prompt chunk: flash-style attention over the cache store, no score matrix.
                     let qv = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                    let out = c.attend_prefill_row(layer, &qv, s, c.len, nh, nkv, hd)?;
+                    let out = c.attend_prefill_row(layer, &qv, s, c.len, nh, nkv, hd, true)?;
                     return Ok(Tensor::from_vec(out, (1, s, nh * hd), &Device::Cpu)?);
                 }
                 c.read(layer, c.len + s, nkv, hd)?
@@ -587,9 +647,7 @@ impl Llama {
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.attn_norm, cfg.rms_norm_eps, self.differentiable)?;
             let a = &block.attn;
-            let q = a.q.forward(&h)?;
-            let k = a.k.forward(&h)?;
-            let v = a.v.forward(&h)?;
+            let [q, k, v] = forward_many([&a.q, &a.k, &a.v], &h)?;
             let o = if self.differentiable {
                 let mut outs = Vec::with_capacity(b);
                 for (i, cache) in caches.iter_mut().enumerate() {
@@ -626,7 +684,8 @@ impl Llama {
                         rope.rotate_row(qi, nh, hd, pos, interleaved)?;
                         rope.rotate_row(ki, nkv, hd, pos, interleaved)?;
                         c.append_row(l, ki, vi, nkv, hd)?;
-                        c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd)
+                        // Serial: the sequences are the parallel items here.
+                        c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd, false)
                     };
                     let r = run();
                     *outs[i].lock().unwrap() = Some(r);
@@ -641,8 +700,8 @@ impl Llama {
             x = (x + a.o.forward(&o)?)?;
             let h = rms_norm(&x, &block.ffn_norm, cfg.rms_norm_eps, self.differentiable)?;
             let m = &block.mlp;
-            let g = m.gate.forward(&h)?.silu()?;
-            x = (x + m.down.forward(&(g * m.up.forward(&h)?)?)?)?;
+            let [g, u] = forward_many([&m.gate, &m.up], &h)?;
+            x = (x + m.down.forward(&swiglu(&g, &u)?)?)?;
         }
         for c in caches.iter_mut() {
             c.len += 1;
