@@ -30,8 +30,21 @@ thread_local! {
 
 /// y = x . W^T with x of shape (m, w.k()) and y of shape (m, w.n()), both row-major.
 pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
-    assert_eq!(x.len(), m * w.k(), "matmul: x has {} values, expected {m}x{}", x.len(), w.k());
-    assert_eq!(y.len(), m * w.n(), "matmul: y has {} values, expected {m}x{}", y.len(), w.n());
+    matmul_many(isa, &[w], x, m, &mut [y]);
+}
+
+/// Several matrices of one format and row length applied to the same x (q, k and v; gate and
+/// up): `ys[i] = x . ws[i]^T`. x is quantized once and all the products share one pool call, so a
+/// decode step pays the activation quantization and the call's start and tail once per input
+/// instead of once per matrix. Results are identical to separate `matmul` calls.
+pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), ys.len(), "matmul: {} matrices for {} outputs", ws.len(), ys.len());
+    let Some(w0) = ws.first() else { return };
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert!(w.format() == w0.format() && w.k() == w0.k(), "matmul: matrices differ in format or k");
+        assert_eq!(y.len(), m * w.n(), "matmul: y has {} values, expected {m}x{}", y.len(), w.n());
+    }
+    assert_eq!(x.len(), m * w0.k(), "matmul: x has {} values, expected {m}x{}", x.len(), w0.k());
     assert!(isa.is_supported(), "matmul: the {} path cannot run on this CPU", isa.name());
     if m == 0 {
         return;
@@ -44,47 +57,15 @@ pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
             Ok(g) => &mut **g,
             Err(_) => &mut fresh,
         };
-        acts.quantize(w.format(), x, m, w.k(), isa);
-        run(isa, w, acts, y);
-    });
-}
-
-/// Several matrices of one format and row length applied to the same x (q, k and v; gate and
-/// up): `ys[i] = x . ws[i]^T`. x is quantized once and all the products share one pool call, so a
-/// decode step pays the activation quantization and the call's start and tail once per input
-/// instead of once per matrix. Results are identical to separate `matmul` calls.
-pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
-    assert_eq!(ws.len(), ys.len(), "matmul_many: {} matrices for {} outputs", ws.len(), ys.len());
-    let Some(w0) = ws.first() else { return };
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        assert!(w.format() == w0.format() && w.k() == w0.k(), "matmul_many: matrices differ in format or k");
-        assert_eq!(y.len(), m * w.n(), "matmul_many: y has {} values, expected {m}x{}", y.len(), w.n());
-    }
-    assert_eq!(x.len(), m * w0.k(), "matmul_many: x has {} values, expected {m}x{}", x.len(), w0.k());
-    assert!(isa.is_supported(), "matmul_many: the {} path cannot run on this CPU", isa.name());
-    if m == 0 {
-        return;
-    }
-    ACTS.with(|a| {
-        let mut fresh = Acts::default();
-        let mut guard = a.try_borrow_mut();
-        let acts = match guard.as_mut() {
-            Ok(g) => &mut **g,
-            Err(_) => &mut fresh,
-        };
         acts.quantize(w0.format(), x, m, w0.k(), isa);
         let outs: Vec<(&PackedMatrix, SendPtr<f32>)> =
             ws.iter().zip(ys.iter_mut()).map(|(w, y)| (*w, SendPtr(y.as_mut_ptr()))).collect();
-        run_all(isa, &outs, acts);
+        run(isa, &outs, acts);
     });
 }
 
-fn run(isa: Isa, w: &PackedMatrix, a: &Acts, y: &mut [f32]) {
-    run_all(isa, &[(w, SendPtr(y.as_mut_ptr()))], a);
-}
-
 /// The products `(w, y)` as one pool call: the items of every matrix, one after the other.
-fn run_all(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
+fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
     let m = a.m;
     let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / a.k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
     let chunks = m.div_ceil(mc);
