@@ -312,9 +312,11 @@ pub(crate) fn prefill<R: Rows>(
         let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
         (g, i0, prefill_block_dispatch(q, k, v, g, i0..i1, s, start, rep, hd, scale))
     };
-    let parts: Vec<(usize, usize, Vec<f32>)> = if parallel && s * (start + s) * nh * hd >= PARALLEL_MIN_WORK {
+    // (kv head, first query row, outputs) per item.
+    type Part = (usize, usize, Vec<f32>);
+    let parts: Vec<Part> = if parallel && s * (start + s) * nh * hd >= PARALLEL_MIN_WORK {
         // The same pool as the matmuls around it, so the cores are not handed to rayon and back.
-        let slots: Vec<Mutex<Option<(usize, usize, Vec<f32>)>>> = items.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<Part>>> = items.iter().map(|_| Mutex::new(None)).collect();
         nanbeige_kernels::pool::for_each(items.len(), |i| *slots[i].lock().unwrap() = Some(work(&items[i])));
         slots.into_iter().map(|m| m.into_inner().unwrap().expect("every attention item ran")).collect()
     } else {
