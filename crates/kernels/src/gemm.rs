@@ -23,6 +23,9 @@ pub type Out = [[f32; ROWS]; MT_MAX];
 /// weight group being multiplied (16 rows x k, ~100 KiB at k = 10496 in Q4_0).
 const CHUNK_BYTES: usize = 512 << 10;
 
+/// Most matrices one `matmul_many` call takes (q, k and v are the most the model passes).
+pub const MANY_MAX: usize = 4;
+
 thread_local! {
     /// Quantized-activation buffers of the calling thread, reused across calls.
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
@@ -36,9 +39,11 @@ pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
 /// Several matrices of one format and row length applied to the same x (q, k and v; gate and
 /// up): `ys[i] = x . ws[i]^T`. x is quantized once and all the products share one pool call, so a
 /// decode step pays the activation quantization and the call's start and tail once per input
-/// instead of once per matrix. Results are identical to separate `matmul` calls.
+/// instead of once per matrix. Results are identical to separate `matmul` calls. At most
+/// `MANY_MAX` matrices.
 pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), ys.len(), "matmul: {} matrices for {} outputs", ws.len(), ys.len());
+    assert!(ws.len() <= MANY_MAX, "matmul: at most {MANY_MAX} matrices per call");
     let Some(w0) = ws.first() else { return };
     for (w, y) in ws.iter().zip(ys.iter()) {
         assert!(w.format() == w0.format() && w.k() == w0.k(), "matmul: matrices differ in format or k");
@@ -58,9 +63,12 @@ pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut
             Err(_) => &mut fresh,
         };
         acts.quantize(w0.format(), x, m, w0.k(), isa);
-        let outs: Vec<(&PackedMatrix, SendPtr<f32>)> =
-            ws.iter().zip(ys.iter_mut()).map(|(w, y)| (*w, SendPtr(y.as_mut_ptr()))).collect();
-        run(isa, &outs, acts);
+        // Fixed-size, so a decode step allocates nothing here.
+        let mut outs = [(*w0, SendPtr(std::ptr::null_mut())); MANY_MAX];
+        for (o, (w, y)) in outs.iter_mut().zip(ws.iter().zip(ys.iter_mut())) {
+            *o = (*w, SendPtr(y.as_mut_ptr()));
+        }
+        run(isa, &outs[..ws.len()], acts);
     });
 }
 
@@ -73,15 +81,16 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
     // covers several groups so the per-item overhead stays small.
     let want = if chunks == 1 { pool::threads() * 8 } else { pool::threads() * 2 };
     // Per matrix: (groups per item, items per chunk, first item).
-    let mut plan = Vec::with_capacity(outs.len());
+    let mut plan = [(0usize, 0usize, 0usize); MANY_MAX];
     let mut total = 0;
-    for (w, _) in outs {
+    for ((w, _), p) in outs.iter().zip(plan.iter_mut()) {
         let groups = w.groups();
         let per_item = groups.div_ceil(want.min(groups).max(1)).max(1);
         let items_per_chunk = groups.div_ceil(per_item);
-        plan.push((per_item, items_per_chunk, total));
+        *p = (per_item, items_per_chunk, total);
         total += chunks * items_per_chunk;
     }
+    let plan = &plan[..outs.len()];
     pool::for_each(total, |item| {
         let wi = plan.partition_point(|p| p.2 <= item) - 1;
         let (per_item, items_per_chunk, first) = plan[wi];
