@@ -73,6 +73,10 @@ pub struct RlArgs {
     /// Reward for the `<think>…</think>` answer format, added to the task's score.
     #[arg(long, default_value_t = 0.1)]
     format_reward: f64,
+    /// For numeric answers that are wrong: this weight × the share of the answer's digits right,
+    /// place by place (dense credit for column arithmetic; 0: exact match only).
+    #[arg(long, default_value_t = 0.0)]
+    digit_reward: f64,
     /// Code RL stage two: weight of the efficiency term (counts only when every test passes).
     #[arg(long, default_value_t = 0.0)]
     efficiency: f64,
@@ -175,7 +179,11 @@ impl RlArgs {
     }
 
     fn verifiable(&self) -> Verifiable {
-        Verifiable { format_weight: self.format_reward, code_timeout: Duration::from_secs(self.code_timeout.max(1)) }
+        Verifiable {
+            format_weight: self.format_reward,
+            digit_weight: self.digit_reward,
+            code_timeout: Duration::from_secs(self.code_timeout.max(1)),
+        }
     }
 }
 

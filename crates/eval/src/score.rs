@@ -150,6 +150,21 @@ pub fn score_math(text: &str, gold: &str) -> f64 {
     }
 }
 
+/// Share of the gold integer's digits the extracted answer has right, place by place from the
+/// ones column up (a wrong sign or a missing answer: 0). A dense reward for RL on column
+/// arithmetic: a reply that carries or borrows right in the low columns and slips in a high one
+/// scores above one that skips the borrow, where the exact-match score calls both wrong.
+pub fn digit_credit(text: &str, gold: &str) -> f64 {
+    let (Some(a), Some(g)) = (extract_number(text), normalize_number(gold)) else { return 0.0 };
+    let neg = |s: &str| s.starts_with('-');
+    if neg(&a) != neg(&g) || a.contains('.') || g.contains('.') {
+        return f64::from(u8::from(a == g));
+    }
+    let (a, g) = (a.trim_start_matches('-').as_bytes(), g.trim_start_matches('-').as_bytes());
+    let right = a.iter().rev().zip(g.iter().rev()).filter(|(x, y)| x == y).count();
+    right as f64 / a.len().max(g.len()) as f64
+}
+
 /// The expression a countdown answer gives: `\boxed{}`, or the text after "answer:", or the last
 /// line that looks like arithmetic; a trailing "= target" is dropped.
 pub fn extract_expression(text: &str) -> Option<String> {
@@ -448,6 +463,12 @@ mod tests {
         assert_eq!(score_math("Answer: 111,563.0", "111563"), 1.0);
         assert_eq!(score_math("Answer: 111564", "111563"), 0.0);
         assert_eq!(score_math("<think>Answer: 111563</think>Answer: 5", "111563"), 0.0, "the reasoning does not count");
+        assert_eq!(digit_credit("Answer: 336", "336"), 1.0);
+        assert_eq!(digit_credit("Answer: 346", "336"), 2.0 / 3.0, "tens wrong, ones and hundreds right");
+        assert_eq!(digit_credit("Answer: 1336", "336"), 0.75, "an extra digit counts against");
+        assert_eq!(digit_credit("Answer: 36", "336"), 2.0 / 3.0);
+        assert_eq!(digit_credit("Answer: -336", "336"), 0.0, "wrong sign");
+        assert_eq!(digit_credit("no answer", "336"), 0.0);
         assert_eq!(gold_number(&json!("Natalia sold 48/2 = 24 clips.\n#### 72")), Some("72".into()));
         assert_eq!(gold_number(&json!(72)), Some("72".into()));
         assert_eq!(normalize_number("-0"), Some("0".into()));

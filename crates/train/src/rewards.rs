@@ -33,17 +33,25 @@ pub trait GroupReward: Sync {
     }
 }
 
-/// The task's checker plus `format_weight` for the answer format.
+/// The task's checker plus `format_weight` for the answer format; for numeric answers that are
+/// wrong, optionally `digit_weight` × the share of digits right (`score::digit_credit`).
 pub struct Verifiable {
     pub format_weight: f64,
+    pub digit_weight: f64,
     pub code_timeout: Duration,
 }
 
 impl Verifiable {
     fn one(&self, item: &Item, r: &Reply) -> Result<Scored> {
-        let (s, extra) = runner::score_reply(item, r, self.code_timeout)?;
+        let (s, mut extra) = runner::score_reply(item, r, self.code_timeout)?;
         let fmt = score::format_ok(&r.text);
-        Ok(Scored { reward: s + self.format_weight * f64::from(u8::from(fmt)), passed: s >= 1.0, extra })
+        let mut reward = s + self.format_weight * f64::from(u8::from(fmt));
+        if let (Gold::Number(g), true) = (&item.gold, s < 1.0 && self.digit_weight > 0.0) {
+            let d = score::digit_credit(&r.text, g);
+            reward += self.digit_weight * d;
+            extra["digit_credit"] = json!(d);
+        }
+        Ok(Scored { reward, passed: s >= 1.0, extra })
     }
 }
 

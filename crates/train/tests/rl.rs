@@ -7,7 +7,7 @@ use nanbeige_eval::items::{self, Item, Kind};
 use nanbeige_model::synth::vocab::Vocab;
 use nanbeige_train::checkpoint::Origin;
 use nanbeige_train::grpo::{self, GrpoOptions, Sampler};
-use nanbeige_train::rewards::{GroupReward, Scored};
+use nanbeige_train::rewards::{GroupReward, Scored, Verifiable};
 use serde_json::json;
 use std::path::Path;
 
@@ -181,7 +181,7 @@ fn reward_model_learns_pairs_and_ranks_groups() {
 /// reply earns no efficiency term however fast it is.
 #[test]
 fn efficiency_counts_only_for_passing_code() {
-    use nanbeige_train::rewards::{CodeEfficiency, Verifiable};
+    use nanbeige_train::rewards::CodeEfficiency;
     let item = items::item(
         &json!({"question": "sum", "messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
             "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
@@ -195,7 +195,7 @@ fn efficiency_counts_only_for_passing_code() {
     let slow = "<think>\nloop\n</think>\n\n```python\ndef f(xs):\n    t = 0\n    for x in xs:\n        t += int(str(x))\n    return t\n```";
     let wrong = "<think>\nzero\n</think>\n\n```python\ndef f(xs):\n    return 0\n```";
     let replies: Vec<Reply> = [fast, slow, wrong].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
-    let base = Verifiable { format_weight: 0.1, code_timeout: std::time::Duration::from_secs(20) };
+    let base = Verifiable { format_weight: 0.1, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(20) };
     let plain = base.score(&item, &replies).unwrap();
     assert_eq!(plain.iter().map(|s| s.passed).collect::<Vec<_>>(), vec![true, true, false]);
     assert!((plain[0].reward - 1.1).abs() < 1e-9 && (plain[1].reward - 1.1).abs() < 1e-9);
@@ -206,6 +206,22 @@ fn efficiency_counts_only_for_passing_code() {
     assert!(r[1].reward > 1.1 - 1e-9, "a passing reply never loses reward to the efficiency term");
     assert_eq!(r[2].reward, plain[2].reward, "no efficiency term without passing every test");
     assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.25, "the reference's own code: {:?}", r[0].extra);
+}
+
+/// Digit credit ranks wrong numeric answers by how many places they got right and leaves right
+/// answers at the exact-match reward.
+#[test]
+fn digit_credit_ranks_wrong_answers() {
+    let item = items::item(&json!({"question": "523 - 187", "answer": "336"}), Kind::Math).unwrap();
+    let texts = ["<think>\nx\n</think>\n\nAnswer: 336", "<think>\nx\n</think>\n\nAnswer: 436", "<think>\nx\n</think>\n\nAnswer: 446"];
+    let replies: Vec<Reply> = texts.iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
+    let r = Verifiable { format_weight: 0.1, digit_weight: 0.5, code_timeout: std::time::Duration::from_secs(5) }
+        .score(&item, &replies)
+        .unwrap();
+    let got: Vec<f64> = r.iter().map(|s| s.reward).collect();
+    let want = [1.1, 0.1 + 0.5 * 2.0 / 3.0, 0.1 + 0.5 / 3.0];
+    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9), "{got:?} vs {want:?}");
+    assert_eq!(r.iter().map(|s| s.passed).collect::<Vec<_>>(), vec![true, false, false], "partial credit is not a pass");
 }
 
 /// `"weight": 0` on an assistant turn makes it context only: trajectory histories train just the
