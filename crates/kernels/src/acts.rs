@@ -95,7 +95,9 @@ impl Acts {
                         };
                         match isa {
                             #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 | Isa::Avx512 => q8_avx2(format, x, qs, d, bias, s),
+                            Isa::Avx512 => q8_avx512(format, x, qs, d, bias, s),
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => q8_avx2(format, x, qs, d, bias, s),
                             _ => quantize_row_q8(format, x, qs, d, bias, s, f16_round),
                         }
                     }
@@ -120,6 +122,45 @@ unsafe fn q8_avx2(format: Format, x: &[f32], qs: &mut [i8], d: &mut [f32], bias:
     use std::arch::x86_64::*;
     let f16_round = |v: f32| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))));
     quantize_row_q8(format, x, qs, d, bias, s, f16_round)
+}
+
+/// `quantize_row_q8` written out in AVX-512, 32 values (two registers) per block: the loop the
+/// compiler makes of the plain version spends ~3 cycles a value, and in batched decode this runs
+/// on one core while the other waits. Same codes: round half away from zero is
+/// trunc(y + copysign(0.5 - 2^-25, y)), exact for |y| < 2^23 (here |y| <= 127).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn q8_avx512(format: Format, x: &[f32], qs: &mut [i8], d: &mut [f32], bias: &mut [i32], s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let f16_round = |v: f32| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v))));
+    let off = format.code_offset();
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let half = _mm512_set1_epi32(0.499_999_97f32.to_bits() as i32);
+    let nb = x.len() / 32;
+    assert!(qs.len() >= 32 * nb && d.len() >= nb && bias.len() >= nb && (s.is_empty() || s.len() >= nb));
+    for b in 0..nb {
+        let p = x.as_ptr().add(32 * b);
+        let (v0, v1) = (_mm512_loadu_si512(p as *const _), _mm512_loadu_si512(p.add(16) as *const _));
+        let amax = _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_and_si512(v0, abs), _mm512_and_si512(v1, abs)));
+        let dd = f32::from_bits(amax as u32) / 127.0;
+        let id = _mm512_set1_ps(if dd != 0.0 { 1.0 / dd } else { 0.0 });
+        let code = |v: __m512i| {
+            let y = _mm512_mul_ps(_mm512_castsi512_ps(v), id);
+            let h = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(y), sign), half);
+            _mm512_cvttps_epi32(_mm512_add_ps(y, _mm512_castsi512_ps(h)))
+        };
+        let (c0, c1) = (code(v0), code(v1));
+        let q = qs.as_mut_ptr().add(32 * b);
+        _mm_storeu_si128(q as *mut __m128i, _mm512_cvtepi32_epi8(c0));
+        _mm_storeu_si128(q.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(c1));
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+        *d.get_unchecked_mut(b) = f16_round(dd);
+        *bias.get_unchecked_mut(b) = -off * sum;
+        if !s.is_empty() {
+            *s.get_unchecked_mut(b) = f16_round(sum as f32 * dd);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

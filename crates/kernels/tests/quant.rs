@@ -72,6 +72,25 @@ fn packed_rows_decode_like_ggml_and_candle() {
     }
 }
 
+/// Ties: values that land exactly on .5 after scaling round away from zero on every path
+/// (the AVX-512 path rounds with an add and a truncation, not a rounding instruction).
+#[test]
+fn activation_ties_round_away_from_zero() {
+    // amax 127 makes the scale 1, so each value is its own scaled value.
+    let mut x: Vec<f32> = vec![0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 0.499_999_97, -0.499_999_97, 0.0, -0.0];
+    x.extend([3.5, 4.5, -5.5, 100.5, 63.75, -63.25, 7.0, 8.49, 9.51, 10.5, 11.5, 12.5, 13.5, 14.5, 15.5, 16.5]);
+    x.extend([17.5, 18.5, 19.5, 127.0]);
+    assert_eq!(x.len(), 32);
+    let want: Vec<i8> = x.iter().map(|v| v.round() as i8).collect();
+    for f in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+        for isa in paths() {
+            let mut a = Acts::default();
+            a.quantize(f, &x, 1, 32, isa);
+            assert_eq!(&a.qs[..32], &want[..], "{} {}", f.name(), isa.name());
+        }
+    }
+}
+
 #[test]
 fn activations_quantize_like_ggml() {
     let mut rng = rng("activations_quantize_like_ggml");
