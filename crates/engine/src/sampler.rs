@@ -169,21 +169,59 @@ impl Sampler {
     }
 }
 
+/// The first index of the largest logit (NaN never wins; 0 when nothing beats -inf). Two passes,
+/// a lane-wise max then a scan for its first position, because the one-pass compare-and-keep
+/// loop is a serial chain: with 8 sequences batched, greedy picks over a 49K vocabulary were
+/// ~1% of the step on the core the other one waits for.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut bv = f32::NEG_INFINITY;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > bv {
-            bv = l;
-            best = i;
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            // `max` ignores NaN, as the strict `>` of a scan does.
+            lanes[i] = lanes[i].max(c[i]);
         }
     }
-    best as u32
+    let m = rest.iter().chain(lanes.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&l| l == m).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two-pass argmax agrees with a plain scan, first occurrence, NaN and -inf included.
+    #[test]
+    fn argmax_is_the_first_largest() {
+        let scan = |x: &[f32]| {
+            let (mut best, mut bv) = (0, f32::NEG_INFINITY);
+            for (i, &l) in x.iter().enumerate() {
+                if l > bv {
+                    bv = l;
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut s = 7u64;
+        for n in [1usize, 5, 16, 17, 100, 4099] {
+            let mut x: Vec<f32> = (0..n)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((s >> 40) % 50) as f32
+                })
+                .collect();
+            assert_eq!(argmax(&x), scan(&x), "n {n}");
+            x[0] = f32::NAN;
+            assert_eq!(argmax(&x), scan(&x), "n {n} with a NaN");
+        }
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[-0.0, 0.0, 3.0, 3.0]), 2);
+    }
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, 0.5, 2.9]
