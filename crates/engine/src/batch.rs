@@ -21,13 +21,20 @@ pub struct BatchRequest {
     pub params: GenParams,
 }
 
+/// Most tokens one forward pass feeds: every decoding sequence's token, then prompt chunks.
+const STEP_TOKENS: usize = 512;
+
 struct Active<'a> {
     index: usize,
     seq: SeqDecode<'a>,
     session: Session,
+    /// Tokens to feed: the rest of the prompt, or the tokens decided last step.
     feed: Vec<u32>,
+    prefilling: bool,
     prompt_tokens: usize,
     prefill_ms: f64,
+    /// Finished (a decided EOS, a stop string, the token limit).
+    done: bool,
 }
 
 /// Complete every request; results come back in request order. A request that fails (empty or
@@ -44,21 +51,12 @@ pub fn generate_batch(
     let mut next = 0;
     let max_batch = max_batch.max(1);
     while next < reqs.len() || !active.is_empty() {
-        // Admit new sequences: prefill alone, then decide the first token.
         while active.len() < max_batch && next < reqs.len() {
             let i = next;
             next += 1;
             match admit(lm, i, &reqs[i]) {
                 Ok(a) => active.push(a),
                 Err(e) => out[i] = Some(Err(e)),
-            }
-            // A sequence that finished at its first token is done already.
-            if let Some(pos) = active.iter().position(|a| a.feed.is_empty()) {
-                let a = active.swap_remove(pos);
-                let idx = a.index;
-                let g = a.finish();
-                on_done(idx, &g);
-                out[idx] = Some(Ok(g));
             }
         }
         if active.is_empty() {
@@ -74,7 +72,7 @@ pub fn generate_batch(
         }
         let mut i = 0;
         while i < active.len() {
-            if active[i].feed.is_empty() {
+            if active[i].done {
                 let a = active.swap_remove(i);
                 let idx = a.index;
                 let g = a.finish();
@@ -96,39 +94,55 @@ fn admit<'a>(lm: &'a LoadedModel, index: usize, r: &BatchRequest) -> Result<Acti
     if r.prompt.len() >= ctx {
         bail!("context overflow: the prompt has {} tokens but the context holds {ctx}", r.prompt.len());
     }
-    let mut seq = SeqDecode::new(lm, &r.prompt, r.opened_think, &r.params)?;
-    let mut session = Session::new(lm);
-    let t0 = Instant::now();
-    let mut logits = lm.model.forward_last(&r.prompt, &mut session.cache)?;
-    session.tokens.extend_from_slice(&r.prompt);
-    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let room = ctx - session.cache.len();
-    let feed = seq.step(&mut logits, room, &mut |_| {})?;
-    Ok(Active { index, seq, session, feed, prompt_tokens: r.prompt.len(), prefill_ms })
+    let seq = SeqDecode::new(lm, &r.prompt, r.opened_think, &r.params)?;
+    let session = Session::new(lm);
+    Ok(Active {
+        index,
+        seq,
+        session,
+        feed: r.prompt.clone(),
+        prefilling: true,
+        prompt_tokens: r.prompt.len(),
+        prefill_ms: 0.0,
+        done: false,
+    })
 }
 
-/// One decode step for every active sequence: single-token feeds in one batched forward,
-/// multi-token feeds (the forced `</think>`) alone.
+/// One forward pass: every decoding sequence's feed, then prompt chunks while there is room;
+/// each sequence whose feed is complete decides its next token.
 fn step(lm: &LoadedModel, active: &mut [Active]) -> Result<()> {
-    let singles: Vec<usize> = (0..active.len()).filter(|&i| active[i].feed.len() == 1).collect();
-    let mut logits: Vec<Option<Vec<f32>>> = vec![None; active.len()];
-    if !singles.is_empty() {
-        let tokens: Vec<u32> = singles.iter().map(|&i| active[i].feed[0]).collect();
-        let mut caches: Vec<&mut nanbeige_model::Cache> =
-            active.iter_mut().filter(|a| a.feed.len() == 1).map(|a| &mut a.session.cache).collect();
-        for (&i, l) in singles.iter().zip(lm.model.forward_decode_batch(&tokens, &mut caches)?) {
-            logits[i] = Some(l);
+    let mut take = vec![0usize; active.len()];
+    let mut room = STEP_TOKENS;
+    for pass in [false, true] {
+        for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| a.prefilling == pass) {
+            *t = if pass { a.feed.len().min(room) } else { a.feed.len() };
+            room = room.saturating_sub(*t);
         }
     }
-    for (a, l) in active.iter_mut().zip(logits) {
-        let mut l = match l {
-            Some(l) => l,
-            None => lm.model.forward_last(&a.feed, &mut a.session.cache)?,
-        };
-        let fed = std::mem::take(&mut a.feed);
-        a.session.tokens.extend_from_slice(&fed);
+    let t0 = Instant::now();
+    let logits = {
+        let mut feeds: Vec<&[u32]> = vec![];
+        let mut caches: Vec<&mut nanbeige_model::Cache> = vec![];
+        for (a, &n) in active.iter_mut().zip(&take).filter(|(_, &n)| n > 0) {
+            feeds.push(&a.feed[..n]);
+            caches.push(&mut a.session.cache);
+        }
+        lm.model.forward_batch(&feeds, &mut caches)?
+    };
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let fed = active.iter_mut().zip(&take).filter(|(_, &n)| n > 0);
+    for ((a, &n), mut l) in fed.zip(logits) {
+        a.session.tokens.extend(a.feed.drain(..n));
+        if a.prefilling {
+            a.prefill_ms += ms;
+            if !a.feed.is_empty() {
+                continue;
+            }
+            a.prefilling = false;
+        }
         let room = a.session.cache.max_len() - a.session.cache.len();
         a.feed = a.seq.step(&mut l, room, &mut |_| {})?;
+        a.done = a.feed.is_empty();
     }
     Ok(())
 }

@@ -281,6 +281,11 @@ impl<'a> SeqDecode<'a> {
         &self.stops.text
     }
 
+    /// Tokens decided so far.
+    pub fn completion_tokens(&self) -> usize {
+        self.out_tokens.len()
+    }
+
     pub fn cancel(&mut self) {
         if self.finish.is_none() {
             self.finish = Some(FinishReason::Cancelled);

@@ -208,14 +208,20 @@ impl Cache {
         }
     }
 
-    /// Store one position's keys and values (`nkv * hd` values each, heads after each other) at
-    /// `len` of `layer`: the batched decode path, which works on plain slices.
-    pub(crate) fn append_row(&mut self, layer: usize, k: &[f32], v: &[f32], nkv: usize, hd: usize) -> Result<()> {
+    /// Store `s` positions' keys and values (per position `nkv * hd` values, heads after each
+    /// other) at `len..len + s` of `layer`: the batched path, which works on plain slices.
+    pub(crate) fn append_rows(&mut self, layer: usize, k: &[f32], v: &[f32], s: usize, nkv: usize, hd: usize) -> Result<()> {
+        let n = s * nkv * hd;
+        if k.len() < n || v.len() < n {
+            bail!("kv cache: {} and {} values for {s} positions", k.len(), v.len());
+        }
         match self.kind {
             KvType::F32 => {
-                let k = Tensor::from_slice(&k[..nkv * hd], (1, nkv, 1, hd), &Device::Cpu)?;
-                let v = Tensor::from_slice(&v[..nkv * hd], (1, nkv, 1, hd), &Device::Cpu)?;
-                self.append(layer, &k, &v)
+                let t = |x: &[f32]| -> Result<Tensor> {
+                    let t = Tensor::from_slice(&x[..n], (1, s, nkv, hd), &Device::Cpu)?;
+                    Ok(if s == 1 { t.reshape((1, nkv, 1, hd))? } else { t.transpose(1, 2)? })
+                };
+                self.append(layer, &t(k)?, &t(v)?)
             }
             KvType::Q8 => {
                 let slot = self.layers[layer]
@@ -223,7 +229,7 @@ impl Cache {
                 let LayerKv::Q8 { k: sk, v: sv } = slot else { bail!("kv cache: mixed storage") };
                 for (store, x) in [(sk, k), (sv, v)] {
                     store.truncate_rows(self.len * nkv, hd);
-                    for row in x[..nkv * hd].chunks_exact(hd) {
+                    for row in x[..n].chunks_exact(hd) {
                         store.push_row(row);
                     }
                 }

@@ -642,27 +642,47 @@ impl Llama {
         Ok(o.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 
-    /// One decode step for several sequences at once: `tokens[i]` continues `caches[i]`. The
-    /// linear layers run on all rows together, so each weight is read once for the whole batch;
-    /// only attention, which needs each sequence's own cache, runs per sequence.
-    /// Returns each sequence's next-token logits.
+    /// One decode step for several sequences at once: `tokens[i]` continues `caches[i]`.
+    /// Returns each sequence's next-token logits. `forward_batch` with one token per sequence.
     pub fn forward_decode_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
-        let b = tokens.len();
+        let seqs: Vec<&[u32]> = tokens.iter().map(std::slice::from_ref).collect();
+        self.forward_batch(&seqs, caches)
+    }
+
+    /// One forward pass for several sequences at once: `seqs[i]` (one token or more: a decode
+    /// step, a prompt or a chunk of one) continues `caches[i]`. The linear layers run on all rows
+    /// together, so each weight is read once for the whole batch and a prompt joining a running
+    /// batch costs the decoding sequences little; only attention, which needs each sequence's own
+    /// cache, runs per sequence. Returns each sequence's logits at its last position; they equal
+    /// `forward_last` on that sequence alone, bit for bit.
+    pub fn forward_batch(&self, seqs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {
+        let b = seqs.len();
         if b == 0 || b != caches.len() {
-            bail!("forward_decode_batch: {} tokens for {} caches", b, caches.len());
+            bail!("forward_batch: {} sequences for {} caches", b, caches.len());
         }
-        for c in caches.iter() {
-            if c.len + 1 > c.max_len.min(self.rope.len()) {
-                bail!("context overflow: a sequence is already at its context length of {}", c.max_len);
+        for (s, c) in seqs.iter().zip(caches.iter()) {
+            if s.is_empty() {
+                bail!("forward_batch: a sequence has no tokens to process");
+            }
+            if c.len + s.len() > c.max_len.min(self.rope.len()) {
+                bail!(
+                    "context overflow: {} tokens exceed the context length of {}",
+                    c.len + s.len(),
+                    c.max_len.min(self.rope.len())
+                );
             }
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+        let all: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        if let Some(&bad) = all.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
         }
+        let rows = all.len();
+        // First row of each sequence.
+        let firsts: Vec<usize> = seqs.iter().scan(0, |r, s| Some(std::mem::replace(r, *r + s.len()))).collect();
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(1)?;
-        let mut x = self.embed(&ids)?; // (b, 1, hidden)
+        let ids = Tensor::new(all.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
+        let mut x = self.embed(&ids)?; // (rows, 1, hidden)
         for (l, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.attn_norm, cfg.rms_norm_eps, self.differentiable)?;
             let a = &block.attn;
@@ -670,51 +690,19 @@ impl Llama {
             let o = if self.differentiable {
                 let mut outs = Vec::with_capacity(b);
                 for (i, cache) in caches.iter_mut().enumerate() {
-                    let qi = q.narrow(0, i, 1)?.reshape((1, 1, nh, hd))?.transpose(1, 2)?;
-                    let ki = k.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
-                    let vi = v.narrow(0, i, 1)?.reshape((1, 1, nkv, hd))?.transpose(1, 2)?;
+                    let (r, s) = (firsts[i], seqs[i].len());
+                    let qi = q.narrow(0, r, s)?.reshape((1, s, nh, hd))?.transpose(1, 2)?;
+                    let ki = k.narrow(0, r, s)?.reshape((1, s, nkv, hd))?.transpose(1, 2)?;
+                    let vi = v.narrow(0, r, s)?.reshape((1, s, nkv, hd))?.transpose(1, 2)?;
                     let start = cache.len;
-                    outs.push(self.attend(l, qi, ki, vi, start, None, Some(&mut **cache), None)?);
+                    let mask = causal_mask(s, start, nh / nkv)?;
+                    let oi = self.attend(l, qi, ki, vi, start, None, Some(&mut **cache), mask.as_ref())?;
+                    outs.push(oi.reshape((s, 1, nh * hd))?);
                 }
                 Tensor::cat(&outs, 0)?
             } else {
-                // Per-sequence work on plain slices: tensor ops per sequence and layer (narrow,
-                // reshape, rope, ...) cost more than the attention itself for small models.
-                let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
-                let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
-                let vv = v.flatten_all()?.to_vec1::<f32>()?;
-                let (qs, ks) = (nh * hd, nkv * hd);
-                let rope = &self.rope;
-                let interleaved = cfg.rope_interleaved;
-                // On the kernel pool, like the matmuls around it: handing the cores to rayon's
-                // threads for this and back costs wake-ups every layer.
-                let seqs: Vec<std::sync::Mutex<(&mut Cache, &mut [f32], &mut [f32], &[f32])>> = caches
-                    .iter_mut()
-                    .zip(qv.chunks_mut(qs).zip(kv.chunks_mut(ks)).zip(vv.chunks(ks)))
-                    .map(|(c, ((qi, ki), vi))| std::sync::Mutex::new((&mut **c, qi, ki, vi)))
-                    .collect();
-                let outs: Vec<std::sync::Mutex<Option<Result<Vec<f32>>>>> =
-                    (0..b).map(|_| std::sync::Mutex::new(None)).collect();
-                nanbeige_kernels::pool::for_each(b, |i| {
-                    let mut guard = seqs[i].lock().unwrap();
-                    let (c, qi, ki, vi) = &mut *guard;
-                    let pos = c.len;
-                    let mut run = || -> Result<Vec<f32>> {
-                        rope.rotate_row(qi, nh, hd, pos, interleaved)?;
-                        rope.rotate_row(ki, nkv, hd, pos, interleaved)?;
-                        c.append_row(l, ki, vi, nkv, hd)?;
-                        // Serial: the sequences are the parallel items here.
-                        c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd, false)
-                    };
-                    let r = run();
-                    *outs[i].lock().unwrap() = Some(r);
-                });
-                drop(seqs);
-                let mut flat = Vec::with_capacity(b * qs);
-                for o in outs {
-                    flat.extend(o.into_inner().unwrap().context("batched attention: a sequence was not run")??);
-                }
-                Tensor::from_vec(flat, (b, 1, qs), &Device::Cpu)?
+                let out = self.attend_rows(l, seqs, &firsts, &q, &k, &v, caches)?;
+                Tensor::from_vec(out, (rows, 1, nh * hd), &Device::Cpu)?
             };
             x = (x + a.o.forward(&o)?)?;
             let h = rms_norm(&x, &block.ffn_norm, cfg.rms_norm_eps, self.differentiable)?;
@@ -722,12 +710,109 @@ impl Llama {
             let [g, u] = forward_many([&m.gate, &m.up], &h)?;
             x = (x + m.down.forward(&swiglu(&g, &u)?)?)?;
         }
-        for c in caches.iter_mut() {
-            c.len += 1;
+        for (c, s) in caches.iter_mut().zip(seqs) {
+            c.len += s.len();
         }
+        // Only each sequence's last position goes through the final norm and the LM head.
+        let x = if rows == b {
+            x
+        } else {
+            let last = Tensor::new(
+                seqs.iter().zip(&firsts).map(|(s, &r)| (r + s.len() - 1) as u32).collect::<Vec<u32>>().as_slice(),
+                &Device::Cpu,
+            )?;
+            x.index_select(&last, 0)?
+        };
         let h = rms_norm(&x, &self.norm, cfg.rms_norm_eps, self.differentiable)?;
         let logits = self.lm_head.forward(&h)?.squeeze(1)?;
         Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// Inference attention of a batch on plain slices: RoPE, cache append and attention per
+    /// sequence; returns (rows, nh * hd). Per-sequence tensor ops (narrow, reshape, rope, ...) cost
+    /// more than the attention itself for small models. Single-token sequences are the parallel
+    /// items of one pool call and run their attention serially; a prompt chunk is split over the
+    /// pool on its own, since one item would leave the other cores idle while it runs.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(
+        &self,
+        l: usize,
+        seqs: &[&[u32]],
+        firsts: &[usize],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [&mut Cache],
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let mut qv = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut kv = k.flatten_all()?.to_vec1::<f32>()?;
+        let vv = v.flatten_all()?.to_vec1::<f32>()?;
+        let (qs, ks) = (nh * hd, nkv * hd);
+        let (rope, interleaved) = (&self.rope, cfg.rope_interleaved);
+        // (cache, q rows, k rows, v rows, tokens) per sequence.
+        type Seq<'c, 'x> = (&'c mut Cache, &'x mut [f32], &'x mut [f32], &'x [f32], usize);
+        let mut parts: Vec<Seq> = Vec::with_capacity(seqs.len());
+        let (mut qrest, mut krest, mut vrest) = (qv.as_mut_slice(), kv.as_mut_slice(), vv.as_slice());
+        for (c, s) in caches.iter_mut().zip(seqs) {
+            let n = s.len();
+            let (qi, qr) = std::mem::take(&mut qrest).split_at_mut(n * qs);
+            let (ki, kr) = std::mem::take(&mut krest).split_at_mut(n * ks);
+            let (vi, vr) = vrest.split_at(n * ks);
+            (qrest, krest, vrest) = (qr, kr, vr);
+            parts.push((&mut **c, qi, ki, vi, n));
+        }
+        let run = |(c, qi, ki, vi, n): &mut Seq, parallel: bool| -> Result<Vec<f32>> {
+            let (n, pos) = (*n, c.len);
+            for j in 0..n {
+                rope.rotate_row(&mut qi[j * qs..(j + 1) * qs], nh, hd, pos + j, interleaved)?;
+                rope.rotate_row(&mut ki[j * ks..(j + 1) * ks], nkv, hd, pos + j, interleaved)?;
+            }
+            c.append_rows(l, ki, vi, n, nkv, hd)?;
+            if n == 1 {
+                return c.attend_decode_row(l, qi, pos + 1, nh, nkv, hd, parallel);
+            }
+            // The prefill routine takes queries head-major: (nh, n, hd).
+            let mut qh = vec![0f32; n * qs];
+            for j in 0..n {
+                for h in 0..nh {
+                    qh[(h * n + j) * hd..(h * n + j + 1) * hd].copy_from_slice(&qi[(j * nh + h) * hd..(j * nh + h + 1) * hd]);
+                }
+            }
+            c.attend_prefill_row(l, &qh, n, pos, nh, nkv, hd, parallel)
+        };
+        let singles: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].4 == 1).collect();
+        let mut outs: Vec<Option<Result<Vec<f32>>>> = (0..parts.len()).map(|_| None).collect();
+        for (i, p) in parts.iter_mut().enumerate() {
+            if p.4 > 1 {
+                outs[i] = Some(run(p, true));
+            }
+        }
+        {
+            // On the kernel pool, like the matmuls around it: handing the cores to rayon's
+            // threads for this and back costs wake-ups every layer.
+            type Slot<'s, 'c, 'x> = std::sync::Mutex<(&'s mut Seq<'c, 'x>, Option<Result<Vec<f32>>>)>;
+            let slots: Vec<Slot> = parts
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| singles.contains(i))
+                .map(|(_, p)| std::sync::Mutex::new((p, None)))
+                .collect();
+            nanbeige_kernels::pool::for_each(slots.len(), |i| {
+                let mut g = slots[i].lock().unwrap();
+                let r = run(g.0, false);
+                g.1 = Some(r);
+            });
+            for (slot, &i) in slots.into_iter().zip(&singles) {
+                outs[i] = slot.into_inner().unwrap().1;
+            }
+        }
+        let mut flat = Vec::with_capacity(firsts.last().map_or(0, |&r| r + seqs[seqs.len() - 1].len()) * qs);
+        for o in outs {
+            flat.extend(o.context("batched attention: a sequence was not run")??);
+        }
+        Ok(flat)
     }
 
     /// Every linear layer with its HF module name (`model.layers.0.self_attn.q_proj`, `lm_head`).

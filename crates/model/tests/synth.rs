@@ -212,3 +212,54 @@ fn bad_requests_are_clear_errors() {
     assert_eq!((v["vocab_size"].as_u64(), name.as_str()), (Some(166_144), "Nanbeige4.1-3B"));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Prompts, prompt chunks and decode steps of different sequences in one `forward_batch` give
+/// each sequence the logits `forward_last` gives it alone: bit for bit with quantized weights
+/// (each row is quantized and multiplied on its own), for both KV cache kinds.
+#[test]
+fn mixed_batch_equals_each_sequence_alone() {
+    let d = tmp("batch");
+    let p = d.join("q4_0.gguf");
+    write(&p, Format::Gguf, Quant::Q4_0, 9, 0);
+    for kv in [nanbeige_model::KvType::F32, nanbeige_model::KvType::Q8] {
+        let mut m = load_gguf_file(&p);
+        m.kv_type = kv;
+        // Sequence 0: a fresh 7-token prompt. 1: one decode step after 5 tokens. 2: a 6-token
+        // chunk after 4 tokens. 3: a fresh single token.
+        let before: [&[u32]; 4] = [&[], &IDS[..5], &IDS[2..6], &[]];
+        let now: [&[u32]; 4] = [&IDS[..7], &IDS[5..6], &IDS[6..12], &IDS[3..4]];
+        let mut batch: Vec<_> = before.iter().map(|_| m.new_cache(64)).collect();
+        let mut solo: Vec<_> = before.iter().map(|_| m.new_cache(64)).collect();
+        for (i, b) in before.iter().enumerate() {
+            if !b.is_empty() {
+                m.forward_last(b, &mut batch[i]).unwrap();
+                m.forward_last(b, &mut solo[i]).unwrap();
+            }
+        }
+        let mut refs: Vec<&mut nanbeige_model::Cache> = batch.iter_mut().collect();
+        let got = m.forward_batch(&now, &mut refs).unwrap();
+        for i in 0..now.len() {
+            let want = m.forward_last(now[i], &mut solo[i]).unwrap();
+            assert!(
+                want.iter().zip(&got[i]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kv:?} sequence {i}: the batch differs from the sequence alone"
+            );
+            assert_eq!(batch[i].len(), solo[i].len());
+        }
+        // The caches hold the same keys and values: the next decode step agrees too.
+        let next: [&[u32]; 4] = [&IDS[7..8], &IDS[6..7], &IDS[..1], &IDS[4..5]];
+        let mut refs: Vec<&mut nanbeige_model::Cache> = batch.iter_mut().collect();
+        let got = m.forward_batch(&next, &mut refs).unwrap();
+        for i in 0..next.len() {
+            let want = m.forward_last(next[i], &mut solo[i]).unwrap();
+            assert!(want.iter().zip(&got[i]).all(|(a, b)| a.to_bits() == b.to_bits()), "{kv:?} next step, sequence {i}");
+        }
+        // Bad batches are errors, not panics.
+        let mut refs: Vec<&mut nanbeige_model::Cache> = batch.iter_mut().collect();
+        assert!(m.forward_batch(&[&IDS[..1], &[], &IDS[..1], &IDS[..1]], &mut refs).is_err());
+        assert!(m.forward_batch(&[&[400], &IDS[..1], &IDS[..1], &IDS[..1]], &mut refs).is_err());
+        let long = vec![5u32; 64];
+        assert!(m.forward_batch(&[&long, &IDS[..1], &IDS[..1], &IDS[..1]], &mut refs).unwrap_err().to_string().contains("context"));
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,7 +1,9 @@
-//! The continuous-batching scheduler: one thread owns the model and runs a loop in which new
-//! requests are admitted (prefilled, reusing a cached prefix when one matches) and then every active
-//! sequence advances by one token in a single batched forward pass, so weights are read once per
-//! step for the whole batch. Requests join and leave between steps.
+//! The continuous-batching scheduler: one thread owns the model and runs a loop of steps. New
+//! requests are admitted between steps (reusing a cached prefix when one matches); each step is one
+//! batched forward pass in which every decoding sequence advances by one token and admitted prompts
+//! are fed in chunks (at most `STEP_TOKENS` tokens a step in all), so weights are read once per
+//! step for the whole batch, several prompts arriving together are prefilled together, and a long
+//! prompt does not stall the streams already running.
 //!
 //! A request whose client went away (its event channel closed) or whose deadline passed is dropped
 //! at the next step, freeing its slot at once. Not here: HTTP, JSON, prompt rendering.
@@ -36,15 +38,23 @@ pub struct WorkerConfig {
     pub prefix_cache_tokens: usize,
 }
 
+/// Most tokens one step feeds the model: every decoding sequence's token, then prompt chunks.
+/// The size of a prefill chunk (long prompts go through in pieces of this size anyway).
+const STEP_TOKENS: usize = 512;
+
 struct Active<'a> {
     seq: SeqDecode<'a>,
     session: Session,
-    /// Tokens decided but not yet fed to the model.
+    /// Tokens to feed the model: the rest of the prompt, or tokens decided but not yet fed.
     pending: Vec<u32>,
+    /// `pending` is (the rest of) the prompt: no token has been decided yet.
+    prefilling: bool,
     events: UnboundedSender<Event>,
     deadline: Instant,
+    submitted: Instant,
     prompt_tokens: usize,
     cached_prompt_tokens: usize,
+    /// Time of the steps that fed the prompt.
     prefill_ms: f64,
 }
 
@@ -101,58 +111,45 @@ pub fn run(lm: Arc<LoadedModel>, jobs: Receiver<Job>, cfg: WorkerConfig, metrics
     }
 }
 
-/// Prefill a request and decide its first token. Returns None when it is already finished.
+/// Take a request into the batch: its prompt, minus a cached prefix, becomes its first feed.
 fn admit<'a>(lm: &'a LoadedModel, job: Job, cache: &mut PrefixCache, metrics: &Metrics) -> Option<Active<'a>> {
     if job.events.is_closed() {
         return None;
     }
+    let fail = |e: String| {
+        let _ = job.events.send(Event::Error(e));
+        None
+    };
     let seq = match SeqDecode::new(lm, &job.prompt, job.opened_think, &job.params) {
         Ok(s) => s,
-        Err(e) => {
-            let _ = job.events.send(Event::Error(e.to_string()));
-            return None;
-        }
+        Err(e) => return fail(e.to_string()),
     };
+    if job.prompt.is_empty() {
+        return fail("the prompt is empty".into());
+    }
     let mut session = cache.take(&job.prompt, lm);
+    if job.prompt.len() >= session.cache.max_len() {
+        return fail(format!(
+            "context overflow: the prompt has {} tokens but the context holds {}",
+            job.prompt.len(),
+            session.cache.max_len()
+        ));
+    }
     let kept = session.reuse_prefix(&job.prompt);
-    let t0 = Instant::now();
-    let logits = lm.model.forward_last(&job.prompt[kept..], &mut session.cache);
-    let mut logits = match logits {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = job.events.send(Event::Error(e.to_string()));
-            return None;
-        }
-    };
-    session.tokens.extend_from_slice(&job.prompt[kept..]);
-    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     metrics.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
     metrics.cached_prompt_tokens.fetch_add(kept as u64, Ordering::Relaxed);
-    let mut a = Active {
-        pending: vec![],
+    Some(Active {
+        pending: job.prompt[kept..].to_vec(),
+        prefilling: true,
         events: job.events,
         deadline: job.deadline,
+        submitted: job.submitted,
         prompt_tokens: job.prompt.len(),
         cached_prompt_tokens: kept,
-        prefill_ms,
+        prefill_ms: 0.0,
         seq,
         session,
-    };
-    let room = a.session.cache.max_len() - a.session.cache.len();
-    let ev = a.events.clone();
-    match a.seq.step(&mut logits, room, &mut |t| send(&ev, t)) {
-        Ok(feed) => a.pending = feed,
-        Err(e) => {
-            let _ = a.events.send(Event::Error(e.to_string()));
-            return None;
-        }
-    }
-    metrics.observe_ttft(job.submitted.elapsed().as_secs_f64());
-    if a.pending.is_empty() {
-        finish(a, cache, metrics);
-        return None;
-    }
-    Some(a)
+    })
 }
 
 fn finish(mut a: Active, cache: &mut PrefixCache, metrics: &Metrics) {
@@ -168,7 +165,9 @@ fn finish(mut a: Active, cache: &mut PrefixCache, metrics: &Metrics) {
     metrics.prefix_tokens.store(cache.tokens(), Ordering::Relaxed);
 }
 
-/// Advance every active sequence by one step.
+/// One batched forward pass: every decoding sequence feeds its pending token(s), prompts feed
+/// chunks in admission order while the step has room; then each sequence whose feed is complete
+/// decides its next token.
 fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut PrefixCache, metrics: &Metrics) {
     let now = Instant::now();
     // Drop sequences whose client left or whose time is up.
@@ -187,49 +186,62 @@ fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut Prefi
     if active.is_empty() {
         return;
     }
-    let t0 = Instant::now();
-    // Multi-token feeds (the forced `</think>`) are rare: run those sequences alone.
-    let mut results: Vec<anyhow::Result<Vec<f32>>> = Vec::with_capacity(active.len());
-    let single: Vec<usize> = (0..active.len()).filter(|&i| active[i].pending.len() == 1).collect();
-    let mut batch_logits = if single.is_empty() {
-        Ok(vec![])
-    } else {
-        let tokens: Vec<u32> = single.iter().map(|&i| active[i].pending[0]).collect();
-        let mut caches: Vec<&mut nanbeige_model::Cache> =
-            active.iter_mut().filter(|a| a.pending.len() == 1).map(|a| &mut a.session.cache).collect();
-        lm.model.forward_decode_batch(&tokens, &mut caches)
-    };
-    let mut batch_iter = match &mut batch_logits {
-        Ok(v) => Some(std::mem::take(v).into_iter()),
-        Err(_) => None,
-    };
-    for a in active.iter_mut() {
-        let r = if a.pending.len() == 1 {
-            match batch_iter.as_mut().and_then(|it| it.next()) {
-                Some(l) => Ok(l),
-                None => Err(anyhow::anyhow!(
-                    "batched decode failed: {}",
-                    batch_logits.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
-                )),
-            }
-        } else {
-            lm.model.forward_last(&a.pending, &mut a.session.cache)
-        };
-        results.push(r);
+    // How many pending tokens each sequence feeds now: decoding ones all of theirs (one token, or
+    // a forced `</think>`), then prompts while the step has room.
+    let mut take = vec![0usize; active.len()];
+    let mut room = STEP_TOKENS;
+    for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| !a.prefilling) {
+        *t = a.pending.len();
+        room = room.saturating_sub(*t);
     }
-    let n = active.len();
-    metrics.observe_step(n, t0.elapsed().as_secs_f64());
+    for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| a.prefilling) {
+        *t = a.pending.len().min(room);
+        room -= *t;
+    }
+    let fed: Vec<usize> = (0..active.len()).filter(|&i| take[i] > 0).collect();
+    let t0 = Instant::now();
+    let logits = {
+        let mut feeds: Vec<&[u32]> = Vec::with_capacity(fed.len());
+        let mut caches: Vec<&mut nanbeige_model::Cache> = Vec::with_capacity(fed.len());
+        for (a, &n) in active.iter_mut().zip(&take).filter(|(_, &n)| n > 0) {
+            feeds.push(&a.pending[..n]);
+            caches.push(&mut a.session.cache);
+        }
+        lm.model.forward_batch(&feeds, &mut caches)
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let decoding = fed.iter().filter(|&&i| !active[i].prefilling).count();
+    if decoding > 0 {
+        metrics.observe_step(decoding, secs);
+    }
     let mut done = vec![];
-    for (i, (a, r)) in active.iter_mut().zip(results).enumerate() {
-        let fed = std::mem::take(&mut a.pending);
-        match r {
-            Ok(mut logits) => {
-                a.session.tokens.extend_from_slice(&fed);
+    match logits {
+        Ok(all) => {
+            for (&i, mut logits) in fed.iter().zip(all) {
+                let a = &mut active[i];
+                let n = take[i];
+                a.session.tokens.extend(a.pending.drain(..n));
+                if a.prefilling {
+                    a.prefill_ms += secs * 1e3;
+                    if !a.pending.is_empty() {
+                        continue; // more of the prompt next step
+                    }
+                    a.prefilling = false;
+                }
                 let room = a.session.cache.max_len() - a.session.cache.len();
                 let ev = a.events.clone();
+                let first = a.seq.completion_tokens() == 0;
                 match a.seq.step(&mut logits, room, &mut |t| send(&ev, t)) {
-                    Ok(feed) if !feed.is_empty() => a.pending = feed,
-                    Ok(_) => done.push(i),
+                    Ok(feed) => {
+                        if first {
+                            metrics.observe_ttft(a.submitted.elapsed().as_secs_f64());
+                        }
+                        if feed.is_empty() {
+                            done.push(i);
+                        } else {
+                            a.pending = feed;
+                        }
+                    }
                     Err(e) => {
                         let _ = a.events.send(Event::Error(e.to_string()));
                         a.seq.cancel();
@@ -237,15 +249,20 @@ fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut Prefi
                     }
                 }
             }
-            Err(e) => {
-                let _ = a.events.send(Event::Error(e.to_string()));
-                a.seq.cancel();
+        }
+        Err(e) => {
+            // A failed batched forward is a model-level error: every sequence in it gets it.
+            let msg = format!("batched forward failed: {e}");
+            for &i in &fed {
+                let _ = active[i].events.send(Event::Error(msg.clone()));
+                active[i].seq.cancel();
                 done.push(i);
             }
         }
     }
     // The gauge drops before the clients hear they are done, so a client that reads /metrics
     // right after its response never sees its own finished sequence still counted.
+    done.sort_unstable();
     let finished: Vec<Active> = done.into_iter().rev().map(|i| active.swap_remove(i)).collect();
     metrics.active.store(active.len(), Ordering::Relaxed);
     for a in finished {
