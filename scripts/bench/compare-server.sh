@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side server benchmark: `nanbeige serve` and llama.cpp's `llama-server` on the same GGUF
 # file, same machine, same threads, driven by the same client (scripts/bench/server_load.py) on
-# loopback. For each model: aggregate decode tokens/s of 8 concurrent streams vs one stream, and
+# loopback. For each model: aggregate decode tokens/s of 8 concurrent streams vs one stream (three
+# rounds, the median reported and every round's ratio shown), and
 # the time to first token of a follow-up turn vs the cold prefill of a 2,000-token conversation.
 #
 # llama-server is built (once) from the llama.cpp source inside the PyPI sdist `llama-cpp-python`
@@ -84,8 +85,8 @@ wait_healthy() {
   return 1
 }
 
-echo "| model | server | 1 stream tok/s | $STREAMS streams tok/s | ratio | cold TTFT s | follow-up TTFT s | follow-up / cold |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
+echo "| model | server | 1 stream tok/s | $STREAMS streams tok/s | ratio (median round) | ratios of the rounds | cold TTFT s | follow-up TTFT s | follow-up / cold |"
+echo "|---|---|---:|---:|---:|---|---:|---:|---:|"
 for f in "${FILES[@]}"; do
   [[ -f "$f" ]] || { echo "error: $f: no such file" >&2; exit 1; }
   name=$(basename "$f")
@@ -105,8 +106,9 @@ for f in "${FILES[@]}"; do
     python3 - "$name" "$server" "$c" "$fu" <<'PY'
 import json, sys
 name, server, c, f = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+rounds = ", ".join("%.2f" % r["ratio"] for r in c["rounds"])
 print(f"| {name} | {server} | {c['single_stream_tokens_per_s']:.1f} | {c['aggregate_tokens_per_s']:.1f} | "
-      f"{c['ratio']:.2f}x | {f['cold_ttft_s']:.3f} | {f['followup_ttft_s']:.3f} | {f['ratio']:.3f} |", flush=True)
+      f"{c['ratio']:.2f}x | {rounds} | {f['cold_ttft_s']:.3f} | {f['followup_ttft_s']:.3f} | {f['ratio']:.3f} |", flush=True)
 PY
   done
 done
