@@ -104,6 +104,12 @@ impl Session {
         self.tokens.clear();
     }
 
+    /// A new session holding a copy of this one's first `n` tokens and their cache.
+    pub fn copy_prefix(&self, lm: &LoadedModel, n: usize) -> anyhow::Result<Session> {
+        let n = n.min(self.tokens.len()).min(self.cache.len());
+        Ok(Session { cache: lm.model.copy_cache_prefix(&self.cache, n)?, tokens: self.tokens[..n].to_vec() })
+    }
+
     /// Keep the longest cached prefix of `prompt` (at least one token is always recomputed, to get
     /// fresh logits) and return how many tokens were kept.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {

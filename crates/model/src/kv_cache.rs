@@ -128,6 +128,39 @@ impl Cache {
         self.len = self.len.min(n);
     }
 
+    /// A new cache holding a copy of the first `n` positions (storage of its own: writing to one
+    /// never changes the other). Copying a shared prefix, e.g. a system prompt, costs far less
+    /// than computing it again.
+    pub(crate) fn copy_prefix(&self, n: usize, nkv: usize, hd: usize) -> Result<Cache> {
+        let n = n.min(self.len);
+        let mut out = Cache::new(self.layers.len(), self.max_len, self.kind);
+        if n == 0 {
+            return Ok(out);
+        }
+        for (dst, src) in out.layers.iter_mut().zip(&self.layers) {
+            *dst = match src {
+                Some(LayerKv::F32 { k, v }) => {
+                    let cap = n.max(256).next_power_of_two().min(self.max_len).max(n);
+                    let nk = Tensor::zeros((1, nkv, cap, hd), DType::F32, &Device::Cpu)?;
+                    let nv = Tensor::zeros((1, nkv, cap, hd), DType::F32, &Device::Cpu)?;
+                    nk.slice_set(&k.narrow(2, 0, n)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&v.narrow(2, 0, n)?.contiguous()?, 2, 0)?;
+                    Some(LayerKv::F32 { k: nk, v: nv })
+                }
+                Some(LayerKv::Q8 { k, v }) => {
+                    let rows = |st: &Q8Store| Q8Store {
+                        data: st.data[..n * nkv * hd].to_vec(),
+                        scale: st.scale[..n * nkv].to_vec(),
+                    };
+                    Some(LayerKv::Q8 { k: rows(k), v: rows(v) })
+                }
+                None => bail!("kv cache: layer without keys in a cache of {} positions", self.len),
+            };
+        }
+        out.len = n;
+        Ok(out)
+    }
+
     /// Store the keys and values (1, nkv, s, hd) of positions `len..len + s` of `layer`. The
     /// sequence length advances separately (the model does it once all layers are done).
     pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {

@@ -642,6 +642,12 @@ impl Llama {
         Ok(o.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?)
     }
 
+    /// A cache of its own holding a copy of the first `n` positions of `cache` (a shared prompt
+    /// prefix handed to a new sequence while the original stays cached).
+    pub fn copy_cache_prefix(&self, cache: &Cache, n: usize) -> Result<Cache> {
+        cache.copy_prefix(n, self.cfg.num_kv_heads, self.cfg.head_dim)
+    }
+
     /// One decode step for several sequences at once: `tokens[i]` continues `caches[i]`.
     /// Returns each sequence's next-token logits. `forward_batch` with one token per sequence.
     pub fn forward_decode_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Vec<Vec<f32>>> {

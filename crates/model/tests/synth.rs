@@ -263,3 +263,31 @@ fn mixed_batch_equals_each_sequence_alone() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A copied cache prefix continues exactly like the original, and the two never share storage.
+#[test]
+fn copied_cache_prefix_is_independent_and_exact() {
+    let d = tmp("copy");
+    let p = d.join("q4_0.gguf");
+    write(&p, Format::Gguf, Quant::Q4_0, 11, 0);
+    for kv in [nanbeige_model::KvType::F32, nanbeige_model::KvType::Q8] {
+        let mut m = load_gguf_file(&p);
+        m.kv_type = kv;
+        let mut a = m.new_cache(64);
+        m.forward_last(&IDS[..10], &mut a).unwrap();
+        let mut b = m.copy_cache_prefix(&a, 6).unwrap();
+        assert_eq!(b.len(), 6);
+        // b continues with other tokens than a had: its logits are those of a fresh prefill...
+        let other = [7u32, 7, 7];
+        let got = m.forward_last(&other, &mut b).unwrap();
+        let mut fresh = m.new_cache(64);
+        let want = m.forward_last(&[&IDS[..6], &other[..]].concat(), &mut fresh).unwrap();
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{kv:?}: copy continues differently");
+        // ...and a is untouched: its next step equals a fresh prefill of all 11 tokens.
+        let got = m.forward_last(&IDS[10..11], &mut a).unwrap();
+        let mut fresh = m.new_cache(64);
+        let want = m.forward_last(&IDS[..11], &mut fresh).unwrap();
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{kv:?}: writing the copy changed the original");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

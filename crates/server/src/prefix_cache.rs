@@ -1,9 +1,13 @@
 //! Prefix cache: KV caches of finished requests, kept so that a request whose prompt extends an
 //! earlier one (the next turn of a chat, the next step of an agent loop) prefills only what is new.
 //!
-//! A new request takes the stored session sharing the longest prefix with its prompt (removing it
-//! from the store, so no two sequences ever write one cache); the session comes back when the
-//! request ends. Memory is bounded by a total token budget with least-recently-used eviction.
+//! A new request that shares most of a stored session (the next turn of that conversation) takes
+//! it over, removing it from the store, so no two sequences ever write one cache. A request that
+//! shares less than half of one (the same system prompt and tools, another conversation) gets a
+//! copy of the shared positions and the stored session stays for its own next turn:
+//! copying the KV of a prefix costs far less than computing it, and concurrent requests with one
+//! system prompt all start warm. Sessions come back when their request ends. Memory is bounded
+//! by a total token budget with least-recently-used eviction.
 
 use nanbeige_engine::{LoadedModel, Session};
 
@@ -34,6 +38,17 @@ impl PrefixCache {
         match best {
             Some((i, n)) if n >= MIN_SHARED => {
                 self.hits += 1;
+                // What the request will keep: at least one prompt token is always recomputed.
+                let keep = n.min(prompt.len().saturating_sub(1));
+                // Mostly shared (the next turn of that conversation): take it over. Shared only
+                // in a minority part (a common system prompt): copy that part.
+                if 2 * keep < self.entries[i].1.tokens.len() {
+                    self.clock += 1;
+                    self.entries[i].0 = self.clock;
+                    if let Ok(s) = self.entries[i].1.copy_prefix(lm, keep) {
+                        return s;
+                    }
+                }
                 self.entries.swap_remove(i).1
             }
             _ => Session::new(lm),
