@@ -22,7 +22,23 @@ pub struct BatchRequest {
 }
 
 /// Most tokens one forward pass feeds: every decoding sequence's token, then prompt chunks.
-const STEP_TOKENS: usize = 512;
+/// The size of a prefill chunk (long prompts go through in pieces of this size anyway).
+pub const STEP_TOKENS: usize = 512;
+
+/// How many of its pending tokens each sequence feeds this step, given (pending tokens, whether
+/// they are the prompt) per sequence in admission order: decoding sequences all of theirs (one
+/// token, or a forced `</think>`), then prompts while the step has room (`STEP_TOKENS` in all).
+pub fn plan_feeds(seqs: &[(usize, bool)]) -> Vec<usize> {
+    let mut take = vec![0usize; seqs.len()];
+    let mut room = STEP_TOKENS;
+    for prompts in [false, true] {
+        for (t, &(pending, prefilling)) in take.iter_mut().zip(seqs).filter(|(_, s)| s.1 == prompts) {
+            *t = if prefilling { pending.min(room) } else { pending };
+            room = room.saturating_sub(*t);
+        }
+    }
+    take
+}
 
 struct Active<'a> {
     index: usize,
@@ -111,14 +127,7 @@ fn admit<'a>(lm: &'a LoadedModel, index: usize, r: &BatchRequest) -> Result<Acti
 /// One forward pass: every decoding sequence's feed, then prompt chunks while there is room;
 /// each sequence whose feed is complete decides its next token.
 fn step(lm: &LoadedModel, active: &mut [Active]) -> Result<()> {
-    let mut take = vec![0usize; active.len()];
-    let mut room = STEP_TOKENS;
-    for pass in [false, true] {
-        for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| a.prefilling == pass) {
-            *t = if pass { a.feed.len().min(room) } else { a.feed.len() };
-            room = room.saturating_sub(*t);
-        }
-    }
+    let take = plan_feeds(&active.iter().map(|a| (a.feed.len(), a.prefilling)).collect::<Vec<_>>());
     let t0 = Instant::now();
     let logits = {
         let mut feeds: Vec<&[u32]> = vec![];
@@ -145,6 +154,21 @@ fn step(lm: &LoadedModel, active: &mut [Active]) -> Result<()> {
         a.done = a.feed.is_empty();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_sequences_feed_first_and_prompts_share_the_rest() {
+        assert_eq!(plan_feeds(&[(300, true), (1, false), (400, true), (3, false)]), vec![300, 1, 208, 3]);
+        assert_eq!(plan_feeds(&[(600, true), (1, false)]), vec![511, 1]);
+        // More decoding tokens than the budget: they all go, prompts wait.
+        let many: Vec<(usize, bool)> = (0..520).map(|_| (1, false)).chain([(10, true)]).collect();
+        let t = plan_feeds(&many);
+        assert!(t[..520].iter().all(|&n| n == 1) && t[520] == 0);
+    }
 }
 
 impl Active<'_> {

@@ -12,7 +12,7 @@ pub mod machine;
 pub mod prompt;
 pub mod sampler;
 
-pub use batch::{generate_batch, BatchRequest};
+pub use batch::{generate_batch, plan_feeds, BatchRequest, STEP_TOKENS};
 pub use generate::{generate, prompt_opens_think, FinishReason, GenParams, Generation, Session};
 pub use load::{load, EngineOptions, Format, LoadedModel};
 pub use sampler::{Sampler, SamplingParams};

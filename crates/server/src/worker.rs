@@ -1,9 +1,9 @@
 //! The continuous-batching scheduler: one thread owns the model and runs a loop of steps. New
 //! requests are admitted between steps (reusing a cached prefix when one matches); each step is one
 //! batched forward pass in which every decoding sequence advances by one token and admitted prompts
-//! are fed in chunks (at most `STEP_TOKENS` tokens a step in all), so weights are read once per
-//! step for the whole batch, several prompts arriving together are prefilled together, and a long
-//! prompt does not stall the streams already running.
+//! are fed in chunks (`nanbeige_engine::plan_feeds`: at most 512 tokens a step in all), so weights
+//! are read once per step for the whole batch, several prompts arriving together are prefilled
+//! together, and a long prompt does not stall the streams already running.
 //!
 //! A request whose client went away (its event channel closed) or whose deadline passed is dropped
 //! at the next step, freeing its slot at once. Not here: HTTP, JSON, prompt rendering.
@@ -11,7 +11,7 @@
 use crate::metrics::Metrics;
 use crate::prefix_cache::PrefixCache;
 use nanbeige_engine::generate::SeqDecode;
-use nanbeige_engine::{GenParams, Generation, LoadedModel, Session};
+use nanbeige_engine::{plan_feeds, GenParams, Generation, LoadedModel, Session};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -37,10 +37,6 @@ pub struct WorkerConfig {
     pub max_batch: usize,
     pub prefix_cache_tokens: usize,
 }
-
-/// Most tokens one step feeds the model: every decoding sequence's token, then prompt chunks.
-/// The size of a prefill chunk (long prompts go through in pieces of this size anyway).
-const STEP_TOKENS: usize = 512;
 
 struct Active<'a> {
     seq: SeqDecode<'a>,
@@ -186,18 +182,7 @@ fn step<'a>(lm: &'a LoadedModel, active: &mut Vec<Active<'a>>, cache: &mut Prefi
     if active.is_empty() {
         return;
     }
-    // How many pending tokens each sequence feeds now: decoding ones all of theirs (one token, or
-    // a forced `</think>`), then prompts while the step has room.
-    let mut take = vec![0usize; active.len()];
-    let mut room = STEP_TOKENS;
-    for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| !a.prefilling) {
-        *t = a.pending.len();
-        room = room.saturating_sub(*t);
-    }
-    for (t, a) in take.iter_mut().zip(active.iter()).filter(|(_, a)| a.prefilling) {
-        *t = a.pending.len().min(room);
-        room -= *t;
-    }
+    let take = plan_feeds(&active.iter().map(|a| (a.pending.len(), a.prefilling)).collect::<Vec<_>>());
     let fed: Vec<usize> = (0..active.len()).filter(|&i| take[i] > 0).collect();
     let t0 = Instant::now();
     let logits = {
