@@ -788,35 +788,29 @@ impl Llama {
             }
             c.attend_prefill_row(l, &qh, n, pos, nh, nkv, hd, parallel)
         };
-        let singles: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].4 == 1).collect();
-        let mut outs: Vec<Option<Result<Vec<f32>>>> = (0..parts.len()).map(|_| None).collect();
-        for (i, p) in parts.iter_mut().enumerate() {
+        // A prompt chunk splits over the pool on its own; single tokens are the items of one pool
+        // call (the kernel pool, like the matmuls around it: handing the cores to rayon's threads
+        // for this and back costs wake-ups every layer).
+        type Slot<'s, 'c, 'x> = std::sync::Mutex<(&'s mut Seq<'c, 'x>, Option<Result<Vec<f32>>>)>;
+        let slots: Vec<Slot> = parts.iter_mut().map(|p| std::sync::Mutex::new((p, None))).collect();
+        let mut singles: Vec<&Slot> = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            let mut guard = slot.lock().unwrap();
+            let (p, out) = &mut *guard;
             if p.4 > 1 {
-                outs[i] = Some(run(p, true));
+                *out = Some(run(p, true));
+            } else {
+                singles.push(slot);
             }
         }
-        {
-            // On the kernel pool, like the matmuls around it: handing the cores to rayon's
-            // threads for this and back costs wake-ups every layer.
-            type Slot<'s, 'c, 'x> = std::sync::Mutex<(&'s mut Seq<'c, 'x>, Option<Result<Vec<f32>>>)>;
-            let slots: Vec<Slot> = parts
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| singles.contains(i))
-                .map(|(_, p)| std::sync::Mutex::new((p, None)))
-                .collect();
-            nanbeige_kernels::pool::for_each(slots.len(), |i| {
-                let mut g = slots[i].lock().unwrap();
-                let r = run(g.0, false);
-                g.1 = Some(r);
-            });
-            for (slot, &i) in slots.into_iter().zip(&singles) {
-                outs[i] = slot.into_inner().unwrap().1;
-            }
-        }
-        let mut flat = Vec::with_capacity(firsts.last().map_or(0, |&r| r + seqs[seqs.len() - 1].len()) * qs);
-        for o in outs {
-            flat.extend(o.context("batched attention: a sequence was not run")??);
+        nanbeige_kernels::pool::for_each(singles.len(), |i| {
+            let mut guard = singles[i].lock().unwrap();
+            let (p, out) = &mut *guard;
+            *out = Some(run(p, false));
+        });
+        let mut flat = Vec::with_capacity(seqs.iter().map(|s| s.len()).sum::<usize>() * qs);
+        for slot in slots {
+            flat.extend(slot.into_inner().unwrap().1.context("batched attention: a sequence was not run")??);
         }
         Ok(flat)
     }
