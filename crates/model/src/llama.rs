@@ -707,7 +707,7 @@ impl Llama {
                 }
                 Tensor::cat(&outs, 0)?
             } else {
-                let out = self.attend_rows(l, seqs, &firsts, &q, &k, &v, caches)?;
+                let out = self.attend_rows(l, seqs, &q, &k, &v, caches)?;
                 Tensor::from_vec(out, (rows, 1, nh * hd), &Device::Cpu)?
             };
             x = (x + a.o.forward(&o)?)?;
@@ -744,7 +744,6 @@ impl Llama {
         &self,
         l: usize,
         seqs: &[&[u32]],
-        firsts: &[usize],
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
