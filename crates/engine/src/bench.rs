@@ -8,6 +8,7 @@
 //! Not here: the machine's bandwidth (machine.rs), argument parsing and printing (the CLI).
 
 use crate::load::{Format, LoadedModel};
+use crate::sampler::argmax;
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
@@ -62,10 +63,6 @@ pub struct Decode {
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0)
 }
 
 /// Error unless the model (as loaded) accepts `tokens` tokens of context.
