@@ -185,13 +185,15 @@ fn efficiency_counts_only_for_passing_code() {
     let item = items::item(
         &json!({"question": "sum", "messages": [{"role": "user", "content": "Write f(xs) returning the sum."}],
             "tests": ["assert f([1, 2, 3]) == 6", "assert f([]) == 0"], "entry_point": "f",
-            "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(300000)),)"}),
+            "answer": "def f(xs):\n    return sum(xs)", "bench": "args = (list(range(3000000)),)"}),
         Kind::Code,
     )
     .unwrap();
     let fast = "<think>\nsum\n</think>\n\n```python\ndef f(xs):\n    return sum(xs)\n```";
-    // Timed in milliseconds (300,000 values), so scheduling noise on a loaded machine stays small
-    // against the ~50x gap between `sum` and a loop through strings.
+    // 3,000,000 values, so the reference runs ~8 ms: with 300,000 (under 1 ms) one scheduler
+    // preemption while other tests trained in parallel made the reference's own code score 2.5x
+    // slower than itself and failed this test. The gap between `sum` and a loop through strings
+    // is ~50x.
     let slow = "<think>\nloop\n</think>\n\n```python\ndef f(xs):\n    t = 0\n    for x in xs:\n        t += int(str(x))\n    return t\n```";
     let wrong = "<think>\nzero\n</think>\n\n```python\ndef f(xs):\n    return 0\n```";
     let replies: Vec<Reply> = [fast, slow, wrong].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
