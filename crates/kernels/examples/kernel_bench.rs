@@ -3,9 +3,10 @@
 //! in GMAC/s, also per CPU-second so that results on a shared machine stay comparable.
 //!
 //!     cargo run --release -p nanbeige-kernels --example kernel_bench -- \
-//!         [FORMAT...] [--m 1,512] [--isa scalar|avx2|avx512] [--shape N,K]
+//!         [FORMAT...] [--m 1,512] [--isa scalar|avx2|avx512] [--shape N,K] [--copies C]
 //!     cargo run --release -p nanbeige-kernels --example kernel_bench -- --decode-sim [FORMAT]
 //!
+//! `--copies 1 --shape 512,2560` keeps the weights in cache: the kernel's compute speed alone.
 //! `--decode-sim` times the matmuls of one whole decode step (32 layers + a Q6_K head) back to
 //! back, next to the machine's read bandwidth.
 
@@ -123,6 +124,7 @@ fn main() {
     let mut isas = supported_isas();
     let mut shapes_arg: Option<(usize, usize)> = None;
     let mut decode_sim = false;
+    let mut copies_arg: Option<usize> = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -136,6 +138,10 @@ fn main() {
                 i += 1;
             }
             "--decode-sim" => decode_sim = true,
+            "--copies" => {
+                copies_arg = Some(args[i + 1].parse().unwrap());
+                i += 1;
+            }
             "--isa" => {
                 isas = vec![Isa::parse(&args[i + 1]).expect("isa")];
                 i += 1;
@@ -172,7 +178,7 @@ fn main() {
                     let min = if m == 1 { 0.5 } else { 1.5 };
                     // GEMV cycles through copies totalling more than the L3 cache, so weights come
                     // from memory as in real decoding.
-                    let copies = if m == 1 { 8 } else { 1 };
+                    let copies = copies_arg.unwrap_or(if m == 1 { 8 } else { 1 });
                     let mut next = 0;
                     let (secs, bytes) = if name == "BF16" {
                         let w: Vec<bf16> = random_bytes(n * k, 5).iter().map(|&b| bf16::from_f32(b as f32 / 256.0)).collect();

@@ -159,6 +159,27 @@ unsafe fn q32<const N: usize>(f: Format, w: *const u8, half: usize, blocks: usiz
     }
 }
 
+/// The 128 values of a Q4_K/Q5_K 6-bit plane pair (`layout::six_bit_at`) widened to bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_six_bit(p: *const u8, dst: *mut u8) {
+    let (n0, n1, h) = (load(p), load(p.add(32)), load(p.add(64)));
+    let (m0f, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+    // Value o: nibble o / 64 of byte o % 64, bit pair o / 32 of pair byte o % 32, moved to bits 4..5
+    // (16-bit shifts: what crosses into the other byte is masked off).
+    let put = |i: usize, nib: __m256i, pair: __m256i| {
+        let v = _mm256_or_si256(_mm256_and_si256(nib, m0f), _mm256_and_si256(pair, m30));
+        _mm256_storeu_si256(dst.add(32 * i) as *mut __m256i, v);
+    };
+    put(0, n0, _mm256_slli_epi16::<4>(h));
+    put(1, n1, _mm256_slli_epi16::<2>(h));
+    put(2, _mm256_srli_epi16::<4>(n0), h);
+    put(3, _mm256_srli_epi16::<4>(n1), _mm256_srli_epi16::<2>(h));
+}
+
+#[repr(align(32))]
+struct Wide([u8; 256]);
+
 /// Q4_K / Q5_K.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
@@ -169,12 +190,17 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: us
     let (vo, so) = (32 * half, 16 * half);
     let low4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
+    // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
+    let mut wide = Wide([0; 256]);
+    let sm = wide.0.as_mut_ptr();
     for b in 0..blocks {
         let t = w.add(b * tb);
+        widen_six_bit(t.add(lay.sc), sm);
+        widen_six_bit(t.add(lay.mn), sm.add(128));
         let mut tot = [_mm256_setzero_si256(); N];
         for s in 0..8 {
             let (jj, h) = (s / 2, s % 2);
-            let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(t.add(lay.sc + 16 * s + 8 * half) as *const __m128i));
+            let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(16 * s + 8 * half) as *const __m128i));
             let mut wv = [_mm256_setzero_si256(); 8];
             for (c, v) in wv.iter_mut().enumerate() {
                 let i = 8 * jj + c;
@@ -200,7 +226,7 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: us
             let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
             let mut mins = _mm256_setzero_si256();
             for pair in 0..4 {
-                let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(t.add(lay.mn + 32 * pair + 16 * half) as *const __m128i));
+                let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.add(128 + 32 * pair + 16 * half) as *const __m128i));
                 mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mn, _mm256_set1_epi32(bs.add(pair).read_unaligned())));
             }
             let da = _mm256_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));

@@ -96,6 +96,24 @@ unsafe fn load(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p as *const _)
 }
 
+/// The 128 values of a Q4_K/Q5_K 6-bit plane pair (`layout::six_bit_at`) widened to bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn widen_six_bit(p: *const u8, dst: *mut u8) {
+    let n = load(p);
+    let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(64) as *const __m256i));
+    let (m0f, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    // Values 0..31 take bit pair 0 of the pair bytes, 32..63 pair 1, 64..95 pair 2, 96..127 pair 3;
+    // each is moved to bits 4..5 (16-bit shifts: what crosses into the other byte is masked off).
+    let ha = _mm512_mask_blend_epi64(0xF0, _mm512_slli_epi16::<4>(h), _mm512_slli_epi16::<2>(h));
+    let hb = _mm512_mask_blend_epi64(0xF0, h, _mm512_srli_epi16::<2>(h));
+    // Bits of the pair vector where m30 is set, else of the nibbles: one ternary-logic op.
+    let lo = _mm512_and_si512(n, m0f);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f);
+    _mm512_storeu_si512(dst as *mut _, _mm512_ternarylogic_epi32::<0xD8>(lo, ha, m30));
+    _mm512_storeu_si512(dst.add(64) as *mut _, _mm512_ternarylogic_epi32::<0xD8>(hi, hb, m30));
+}
+
 /// 32-element formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
@@ -150,6 +168,9 @@ unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Act
     }
 }
 
+#[repr(align(64))]
+struct Wide([u8; 256]);
+
 /// Q4_K (FIVE = false) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and minimums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
@@ -160,13 +181,18 @@ unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a
     let low4 = _mm512_set1_epi8(0x0F);
     let sixteen = _mm512_set1_epi8(16);
     let mut acc = [_mm512_setzero_ps(); MT];
+    // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
+    let mut wide = Wide([0; 256]);
+    let sm = wide.0.as_mut_ptr();
     for b in 0..blocks {
         let t = w.add(b * tb);
+        widen_six_bit(t.add(lay.sc), sm);
+        widen_six_bit(t.add(lay.mn), sm.add(128));
         let mut tot = [_mm512_setzero_si512(); MT];
         for s in 0..8 {
             // Sub-block s = 2jj + h: nibble h of pieces 8jj..8jj+8.
             let (jj, h) = (s / 2, s % 2);
-            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(t.add(lay.sc + 16 * s) as *const __m128i));
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(16 * s) as *const __m128i));
             let mut wv = [_mm512_setzero_si512(); 8];
             for (c, v) in wv.iter_mut().enumerate() {
                 let i = 8 * jj + c;
@@ -194,7 +220,7 @@ unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a
             let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
             let mut mins = _mm512_setzero_si512();
             for pair in 0..4 {
-                let mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256(t.add(lay.mn + 32 * pair) as *const __m256i));
+                let mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sm.add(128 + 32 * pair) as *const __m256i));
                 mins = _mm512_dpwssd_epi32(mins, mn, _mm512_set1_epi32(bs.add(pair).read_unaligned()));
             }
             let da = _mm512_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));

@@ -8,10 +8,12 @@
 //! A dword of an int8 activation broadcast against such a vector gives one dot-product lane per
 //! weight row (`vpdpbusd`), and the nibble/bit structure inside each row's bytes stays exactly as
 //! ggml has it, so unpacking is the same shifts and masks as in ggml. The fifth bit of Q5 formats
-//! is pre-arranged as one 64-bit mask per unpacked 64-byte vector (bit 4*row + lane); K-quant
-//! 6-bit scales are unpacked to bytes. Q5_K and Q6_K interleave their bit planes in the order the
+//! is pre-arranged as one 64-bit mask per unpacked 64-byte vector (bit 4*row + lane). Q4_K/Q5_K
+//! 6-bit scales and minimums stay 6-bit (a nibble plane and a 2-bit plane, `six_bit_at`) so the
+//! tile is no larger than the file's blocks; kernels widen them to bytes once per tile. Q5_K and Q6_K interleave their bit planes in the order the
 //! kernels read them, so each tile is one sequential stream (with separate planes the hardware
-//! prefetcher fell behind and decode ran at half the bandwidth). Sizes stay within 3% of the file.
+//! prefetcher fell behind and decode ran at half the bandwidth). A tile is exactly as large as its
+//! 16 GGUF blocks, so decode reads no more bytes than the file holds.
 //!
 //! Also here: the one scalar definition of what the layout means (`unpack_block`, `dequantize_row`),
 //! used by the scalar kernel, by embedding lookups, and by tests against ggml's own decoding.
@@ -109,9 +111,11 @@ pub struct Tile {
     pub d: usize,
     /// 16 f16 row minimums (`m` for Q4_1/Q5_1, `dmin` for Q4_K/Q5_K).
     pub m: usize,
-    /// K-quants: sub-block scales, [sub-block][row] (u8 for Q4_K/Q5_K, i8 for Q6_K).
+    /// K-quants: sub-block scales, [sub-block][row] (i8 for Q6_K; for Q4_K/Q5_K 6-bit values in
+    /// the planes of `six_bit_at`, 96 bytes, that widen to u8 in this order).
     pub sc: usize,
-    /// Q4_K/Q5_K: sub-block minimums as [pair of sub-blocks][row][2] u8 (an i16 pair per lane).
+    /// Q4_K/Q5_K: sub-block minimums, [pair of sub-blocks][row][2] (an i16 pair per lane once
+    /// widened), 6-bit planes like `sc`.
     pub mn: usize,
     /// Q5 formats: fifth-bit masks, one u64 per unpacked vector (bit 4*row + lane).
     pub hb: usize,
@@ -131,11 +135,11 @@ impl Tile {
             Format::Q5_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: 32, qs: 96, qh: NO, end: 96 + 256 },
             Format::Q5_1 => Tile { d: 0, m: 32, sc: NO, mn: NO, hb: 64, qs: 128, qh: NO, end: 128 + 256 },
             Format::Q8_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: NO, qs: 32, qh: NO, end: 32 + 512 },
-            Format::Q4K => Tile { d: 0, m: 32, sc: 64, mn: 192, hb: NO, qs: 320, qh: NO, end: 320 + 2048 },
+            Format::Q4K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: NO, qs: 256, qh: NO, end: 256 + 2048 },
             // Q5_K and Q6_K interleave their bit planes in the order the kernels read them (one
             // sequential stream per tile keeps the hardware prefetcher ahead): use `qs_at`,
             // `hb_at`, `q6k_qh_at` for their offsets.
-            Format::Q5K => Tile { d: 0, m: 32, sc: 64, mn: 192, hb: 320, qs: 320, qh: NO, end: 320 + 2560 },
+            Format::Q5K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: 256, qs: 256, qh: NO, end: 256 + 2560 },
             Format::Q6K => Tile { d: 0, m: NO, sc: 32, mn: NO, hb: NO, qs: 288, qh: 288, end: 288 + 3072 },
         }
     }
@@ -147,13 +151,31 @@ impl Tile {
 #[inline(always)]
 pub const fn qs_at(f: Format, i: usize) -> usize {
     match f {
-        Format::Q5K => 320 + (i / 8) * 640 + 128 + (i % 8) * 64,
+        Format::Q5K => 256 + (i / 8) * 640 + 128 + (i % 8) * 64,
         Format::Q6K => {
             let (h, p, c) = (i / 16, (i / 8) % 2, i % 8);
             288 + (((2 * h + c / 4) * 4 + c % 4) * 3 + 1 + p) * 64
         }
         _ => Tile::of(f).qs + 64 * i,
     }
+}
+
+/// Bytes of one 6-bit plane pair: 128 values (16 rows x 8 sub-blocks).
+pub const SIX_BIT_BYTES: usize = 96;
+
+/// Where 6-bit value `o` (0..128, in widened order) of a plane pair lives: bits 0..3 are nibble
+/// `o / 64` of byte `o % 64`, bits 4..5 are bit pair `o / 32` of byte `64 + o % 32`. So one 64-byte
+/// load of the nibbles and one broadcast 32-byte load of the pairs widen all 128 values with a
+/// few shifts and masks (and two 32-byte halves each on AVX2).
+#[inline(always)]
+pub const fn six_bit_at(o: usize) -> ((usize, u32), (usize, u32)) {
+    ((o % 64, 4 * (o / 64) as u32), (64 + o % 32, 2 * (o / 32) as u32))
+}
+
+fn put_six_bit(p: &mut [u8], o: usize, v: u8) {
+    let ((lo, ls), (hi, hs)) = six_bit_at(o);
+    p[lo] |= (v & 0xF) << ls;
+    p[hi] |= (v >> 4) << hs;
 }
 
 /// Offset in a tile of the fifth-bit mask (a u64) of unpacked vector `v` (Q5 formats; v = 2i + h
@@ -163,7 +185,7 @@ pub const fn hb_at(f: Format, v: usize) -> usize {
     match f {
         Format::Q5K => {
             let (i, h) = (v / 2, v % 2);
-            320 + (i / 8) * 640 + h * 64 + (i % 8) * 8
+            256 + (i / 8) * 640 + h * 64 + (i % 8) * 8
         }
         _ => Tile::of(f).hb + 8 * v,
     }
@@ -341,7 +363,11 @@ impl PackedMatrix {
 /// Q4_K/Q5_K sub-block `s` scale and minimum of row `r` in a tile.
 pub(crate) fn kquant_scale_min(t: &[u8], r: usize, s: usize) -> (u8, u8) {
     let lay = Tile::of(Format::Q4K);
-    (t[lay.sc + ROWS * s + r], t[lay.mn + 32 * (s / 2) + 2 * r + (s % 2)])
+    let six = |at: usize, o: usize| {
+        let ((lo, ls), (hi, hs)) = six_bit_at(o);
+        (t[at + lo] >> ls) & 0xF | ((t[at + hi] >> hs) & 3) << 4
+    };
+    (six(lay.sc, ROWS * s + r), six(lay.mn, 32 * (s / 2) + 2 * r + (s % 2)))
 }
 
 /// Row `r`'s f16 value at tile offset `at` (a [row] f16 array).
@@ -397,8 +423,8 @@ fn pack_block(f: Format, src: &[u8], r: usize, t: &mut [u8]) {
             let scales = &src[4..16];
             for s in 0..8 {
                 let (sc, mn) = scale_min_k4(s, scales);
-                t[lay.sc + ROWS * s + r] = sc;
-                t[lay.mn + 32 * (s / 2) + 2 * r + (s % 2)] = mn;
+                put_six_bit(&mut t[lay.sc..], ROWS * s + r, sc);
+                put_six_bit(&mut t[lay.mn..], 32 * (s / 2) + 2 * r + (s % 2), mn);
             }
             if f == Format::Q4K {
                 transpose(t, &qs, &src[16..144], 0);

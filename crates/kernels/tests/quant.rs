@@ -204,6 +204,17 @@ fn matmul_matches_references_on_every_path() {
 }
 
 #[test]
+fn packed_tiles_are_no_larger_than_the_file() {
+    // Decode is memory-bound: every extra byte of the layout is read once per token.
+    for f in Format::ALL {
+        assert_eq!(f.tile_bytes(), 16 * f.gguf_block_bytes(), "{}", f.name());
+        let (n, k) = (48, 2 * f.block_len());
+        let w = PackedMatrix::from_gguf(f, n, k, &vec![0u8; n * k / f.block_len() * f.gguf_block_bytes()]).unwrap();
+        assert_eq!(w.size_in_bytes(), (n * k / f.block_len() * f.gguf_block_bytes()).div_ceil(64) * 64, "{}", f.name());
+    }
+}
+
+#[test]
 fn bad_shapes_are_rejected() {
     assert!(PackedMatrix::from_gguf(Format::Q4_0, 2, 48, &[0u8; 2 * 27]).is_err());
     assert!(PackedMatrix::from_gguf(Format::Q4K, 1, 256, &[0u8; 100]).is_err());
