@@ -10,6 +10,9 @@
 # With no files: the three Nanbeige4.1-3B-shape synthetic GGUFs (Q4_0, Q8_0, Q4_K_M; made with
 # `nanbeige synth` into ~/.cache/nanbeige/synth if missing) and the two real test models.
 # Runs disturbed by other work on the machine are repeated (ATTEMPTS, default 3; see below).
+# ROUNDS (default 1) repeats each file's pair of runs, llama.cpp then nanbeige, that many times:
+# the table then shows each engine's median and the median of the per-round ratios, and every
+# round's ratios are printed under it, so one slow minute of a shared host cannot decide a ratio.
 # Needs: python3 (pip), a C/C++ compiler, make; cmake is pip-installed into a private venv.
 set -euo pipefail
 
@@ -29,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     -t|--threads) THREADS="$2"; shift ;;
     -p) PROMPT="$2"; shift ;;
     -n) GEN="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     -*) echo "error: unknown option $1" >&2; exit 1 ;;
     *) FILES+=("$1") ;;
   esac
@@ -97,12 +100,13 @@ fi
 # ATTEMPTS times, after waiting for the CPUs to go quiet) and the least-disturbed run is kept; the
 # table shows the interference of the runs it reports.
 export LLAMA_BENCH NANBEIGE THREADS PROMPT GEN
-ATTEMPTS="${ATTEMPTS:-3}" python3 - "${FILES[@]}" <<'PY'
-import json, os, resource, subprocess, sys, time
+ROUNDS="${ROUNDS:-1}" ATTEMPTS="${ATTEMPTS:-3}" python3 - "${FILES[@]}" <<'PY'
+import json, os, resource, statistics, subprocess, sys, time
 
 LLAMA_BENCH, NANBEIGE = os.environ["LLAMA_BENCH"], os.environ["NANBEIGE"]
 THREADS, PROMPT, GEN = os.environ["THREADS"], int(os.environ["PROMPT"]), int(os.environ["GEN"])
 ATTEMPTS, NCPU, HZ = int(os.environ["ATTEMPTS"]), os.cpu_count(), os.sysconf("SC_CLK_TCK")
+ROUNDS = max(1, int(os.environ["ROUNDS"]))
 
 def busy_seconds():
     f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
@@ -157,9 +161,21 @@ for f in sys.argv[1:]:
     if not os.path.isfile(f):
         sys.exit(f"error: {f}: no such file")
     print(f"{os.path.basename(f)}:", file=sys.stderr)
-    li, (lpp, ltg) = best_of([LLAMA_BENCH, "-m", f, "-p", str(PROMPT), "-n", str(GEN), "-t", THREADS, "-o", "json"], llama_cpp)
-    ni, (npp, ntg, quant, frac) = best_of([NANBEIGE, "bench", "--model", f, "-p", str(PROMPT), "-n", str(GEN),
-                                           "--threads", THREADS, "--json"], nanbeige)
-    print(f"| {os.path.basename(f)} | {quant} | {lpp:.1f} | {ltg:.2f} | {npp:.1f} | {ntg:.2f} | {npp / lpp:.2f}x "
-          f"| {ntg / ltg:.2f}x | {frac:.0%} | {li:.0%} / {ni:.0%} |", flush=True)
+    rounds = []
+    for r in range(ROUNDS):
+        li, (lpp, ltg) = best_of([LLAMA_BENCH, "-m", f, "-p", str(PROMPT), "-n", str(GEN), "-t", THREADS, "-o", "json"], llama_cpp)
+        ni, (npp, ntg, quant, frac) = best_of([NANBEIGE, "bench", "--model", f, "-p", str(PROMPT), "-n", str(GEN),
+                                               "--threads", THREADS, "--json"], nanbeige)
+        rounds.append((li, lpp, ltg, ni, npp, ntg, frac))
+        if ROUNDS > 1:
+            print(f"  round {r + 1}: pp {npp / lpp:.2f}x, tg {ntg / ltg:.2f}x", file=sys.stderr)
+    med = lambda i: statistics.median(x[i] for x in rounds)
+    li, lpp, ltg, ni, npp, ntg, frac = (med(i) for i in range(7))
+    pp_ratio = statistics.median(x[4] / x[1] for x in rounds)
+    tg_ratio = statistics.median(x[5] / x[2] for x in rounds)
+    print(f"| {os.path.basename(f)} | {quant} | {lpp:.1f} | {ltg:.2f} | {npp:.1f} | {ntg:.2f} | {pp_ratio:.2f}x "
+          f"| {tg_ratio:.2f}x | {frac:.0%} | {li:.0%} / {ni:.0%} |", flush=True)
+    if ROUNDS > 1:
+        each = ", ".join(f"{x[4] / x[1]:.2f}/{x[5] / x[2]:.2f}" for x in rounds)
+        print(f"|  | rounds (pp/tg ratio): {each} | | | | | | | | |", flush=True)
 PY
