@@ -189,27 +189,41 @@ unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a
         widen_six_bit(t.add(lay.sc), sm);
         widen_six_bit(t.add(lay.mn), sm.add(128));
         let mut tot = [_mm512_setzero_si512(); MT];
-        for s in 0..8 {
-            // Sub-block s = 2jj + h: nibble h of pieces 8jj..8jj+8.
-            let (jj, h) = (s / 2, s % 2);
-            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(16 * s) as *const __m128i));
-            let mut wv = [_mm512_setzero_si512(); 8];
-            for (c, v) in wv.iter_mut().enumerate() {
+        for jj in 0..4 {
+            // Sub-blocks 2jj and 2jj + 1: the low and high nibbles of pieces 8jj..8jj+8, each
+            // piece loaded once. Q4_K keeps the high nibble in place (16 x code, still a valid
+            // u8 operand) and divides the int32 sum by 16 afterwards, exactly: one op per vector
+            // instead of a shift and a mask (the kernel is bound by vector ALU throughput).
+            let sc0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj) as *const __m128i));
+            let sc1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj + 16) as *const __m128i));
+            let mut lo = [_mm512_setzero_si512(); 8];
+            let mut hi = [_mm512_setzero_si512(); 8];
+            for c in 0..8 {
                 let i = 8 * jj + c;
                 let raw = load(t.add(qs_at(f, i)));
-                *v = if h == 0 { _mm512_and_si512(raw, low4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4) };
+                lo[c] = _mm512_and_si512(raw, low4);
                 if FIVE {
-                    let m = (t.add(hb_at(f, 2 * i + h)) as *const u64).read_unaligned();
-                    *v = _mm512_mask_add_epi8(*v, m, *v, sixteen);
+                    hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
+                    let m0 = (t.add(hb_at(f, 2 * i)) as *const u64).read_unaligned();
+                    let m1 = (t.add(hb_at(f, 2 * i + 1)) as *const u64).read_unaligned();
+                    lo[c] = _mm512_mask_add_epi8(lo[c], m0, lo[c], sixteen);
+                    hi[c] = _mm512_mask_add_epi8(hi[c], m1, hi[c], sixteen);
+                } else {
+                    hi[c] = _mm512_andnot_si512(low4, raw);
                 }
             }
             for (j, tot) in tot.iter_mut().enumerate() {
-                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
-                let mut isum = _mm512_setzero_si512();
-                for (c, v) in wv.iter().enumerate() {
-                    isum = _mm512_dpbusd_epi32(isum, *v, bcast_i32(aq.add(4 * c)));
+                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 64 * jj);
+                let (mut i0, mut i1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for c in 0..8 {
+                    i0 = _mm512_dpbusd_epi32(i0, lo[c], bcast_i32(aq.add(4 * c)));
+                    i1 = _mm512_dpbusd_epi32(i1, hi[c], bcast_i32(aq.add(32 + 4 * c)));
                 }
-                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(isum, sc));
+                if !FIVE {
+                    i1 = _mm512_srai_epi32::<4>(i1);
+                }
+                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i0, sc0));
+                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i1, sc1));
             }
         }
         let d = load_f16x16(t.add(lay.d));
