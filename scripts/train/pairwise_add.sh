@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The pair-wise RL experiment of docs/TRAINING.md: a Bradley-Terry reward model trained on the SFT
 # model's own (right, wrong) pairs from scripts/train/dpo_add.sh, then RL on win rates inside each
-# group under that reward model, then held-out greedy accuracy and the win rate of after over
-# before with the answer checker as judge (the checker is never seen in training here).
+# group under that reward model, then held-out accuracy, greedy and sampled (temperature 1, 4
+# samples), and the win rate of after over before with the answer checker as judge (the checker
+# is never seen in training here).
 #   scripts/train/pairwise_add.sh SFT_MODEL_DIR PAIRS_JSONL [WORKDIR]
 #   env: STEPS, PROMPTS, GROUP, LR, TEMP, SEED, N_EVAL, RM_LR
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
 BIN="${NANBEIGE_BIN:-nanbeige}"
 SFT="$1"; PAIRS="$2"; W="${3:-runs/pairwise-add}"
-STEPS="${STEPS:-20}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-6e-6}"; TEMP="${TEMP:-0.6}"
+STEPS="${STEPS:-20}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e-5}"; TEMP="${TEMP:-1}"
 SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"
 mkdir -p "$W"
 # Every 5th pair is held out; the log reports the reward model's accuracy on them.
@@ -22,5 +23,8 @@ for m in sft pw; do
     M="$SFT"; [ "$m" = pw ] && M="$W/pw"
     [ -s "$W/greedy-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
         --parallel 16 --out "$W/greedy-$m.jsonl" --json > "$W/greedy-$m.json"
+    [ -s "$W/sampled-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
+        --parallel 16 --samples 4 --temperature 1 --top-p 1 --out "$W/sampled-$m.jsonl" --json > "$W/sampled-$m.json"
 done
 "$BIN" eval compare "$W/greedy-sft.jsonl" "$W/greedy-pw.jsonl" | tee "$W/compare-greedy.txt"
+"$BIN" eval compare "$W/sampled-sft.jsonl" "$W/sampled-pw.jsonl" | tee "$W/compare-sampled.txt"

@@ -208,14 +208,16 @@ fn compare(logs: &[PathBuf]) -> Result<()> {
     println!("  B - A: {:+.1} points  (paired 95% CI {:+.1} to {:+.1})", 100.0 * p.diff, 100.0 * p.lo, 100.0 * p.hi);
     if let Some(pv) = p.p_value {
         println!("  McNemar exact test: {} right only in A, {} only in B, p = {:.4}", p.only_a, p.only_b, pv);
-        // With the checker as the judge of each pair of answers (a tie when both or neither pass),
-        // B's win rate is 1/2 + (B - A)/2, and so is its interval.
-        println!(
-            "  win rate of B over A, the checker judging: {:.1}% (95% CI {:.1} to {:.1}%)",
-            50.0 + 50.0 * p.diff,
-            50.0 + 50.0 * p.lo,
-            50.0 + 50.0 * p.hi
-        );
     }
+    // With the checker as the judge of each pair of answers (a tie when both or neither pass),
+    // B's win rate is 1/2 + (B - A)/2, and so is its interval. With several samples per item the
+    // per-item pass rates make it the expected win rate of one sample of B against one of A.
+    let what = if p.p_value.is_some() { "" } else { " (one sample of each per item, expected)" };
+    println!(
+        "  win rate of B over A, the checker judging{what}: {:.1}% (95% CI {:.1} to {:.1}%)",
+        50.0 + 50.0 * p.diff,
+        50.0 + 50.0 * p.lo,
+        50.0 + 50.0 * p.hi
+    );
     Ok(())
 }
