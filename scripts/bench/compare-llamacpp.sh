@@ -3,7 +3,8 @@
 # machine, same thread count; prints one markdown table (prefill pp512 and decode tg128, tokens/s).
 #
 # llama.cpp is built from the source that ships inside the PyPI sdist `llama-cpp-python` (pinned
-# below) into ~/.cache/nanbeige/llama.cpp — never inside this repository — with AVX-512 on and AMX
+# below) into ~/.cache/nanbeige/llama.cpp — never inside this repository — for the instruction sets
+# this CPU lists (AVX2 always; each AVX-512 extension only where /proc/cpuinfo has it) and with AMX
 # off (AMX faults on these machines although the CPU flags list it).
 #
 # Usage: scripts/bench/compare-llamacpp.sh [--build-only] [-t THREADS] [-p N] [-n N] [FILE.gguf ...]
@@ -20,7 +21,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}"
 LCPP="$CACHE/llama.cpp"
 LCPP_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-BUILD="$LCPP/build-$LCPP_VERSION"
+source "$ROOT/scripts/bench/llamacpp_isa.sh"
+BUILD="$LCPP/build-$LCPP_VERSION-$ISA"
 THREADS=2
 PROMPT=512
 GEN=128
@@ -56,9 +58,7 @@ build_llamacpp() {
   local src="$LCPP/llama_cpp_python-$LCPP_VERSION/vendor/llama.cpp"
   if [[ ! -d "$src" ]]; then tar -xzf "$sdist" -C "$LCPP"; fi
   "$LCPP/venv/bin/cmake" -S "$src" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON \
-    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+    "${ISA_FLAGS[@]}" \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DBUILD_SHARED_LIBS=OFF >"$LCPP/cmake-configure.log" 2>&1
   "$LCPP/venv/bin/cmake" --build "$BUILD" --target llama-bench -j "$(nproc)" >"$LCPP/cmake-build.log" 2>&1 || {

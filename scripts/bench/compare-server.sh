@@ -6,7 +6,8 @@
 # the time to first token of a follow-up turn vs the cold prefill of a 2,000-token conversation.
 #
 # llama-server is built (once) from the llama.cpp source inside the PyPI sdist `llama-cpp-python`
-# into ~/.cache/nanbeige/llama.cpp/build-server, never inside this repository, AMX off.
+# into ~/.cache/nanbeige/llama.cpp/build-server-ISA, never inside this repository, for the CPU's
+# instruction sets (scripts/bench/llamacpp_isa.sh).
 #
 # Usage: scripts/bench/compare-server.sh [-t THREADS] [--streams N] [--tokens N] [FILE.gguf ...]
 # With no files: the two real test models (SmolLM2-135M Q4_1 and Qwen2.5-Coder-0.5B).
@@ -16,7 +17,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}"
 LCPP="$CACHE/llama.cpp"
 LCPP_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-BUILD="$LCPP/build-server"
+source "$ROOT/scripts/bench/llamacpp_isa.sh"
+BUILD="$LCPP/build-server-$ISA"
 THREADS=2
 STREAMS=8
 TOKENS=64
@@ -38,9 +40,7 @@ done
 SRC="$LCPP/llama_cpp_python-$LCPP_VERSION/vendor/llama.cpp"
 if [[ ! -x "$BUILD/bin/llama-server" ]]; then
   "$LCPP/venv/bin/cmake" -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-    -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON \
-    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+    "${ISA_FLAGS[@]}" \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     -DBUILD_SHARED_LIBS=OFF >"$LCPP/cmake-configure-server.log" 2>&1
   "$LCPP/venv/bin/cmake" --build "$BUILD" --target llama-server -j "$(nproc)" >"$LCPP/cmake-build-server.log" 2>&1 || {
