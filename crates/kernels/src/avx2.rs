@@ -10,6 +10,7 @@ use crate::acts::Acts;
 use crate::gemm::{Out, MT_MAX};
 use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
 use core::arch::x86_64::*;
+use core::ops::Range;
 
 /// Activation rows per inner tile. Codes are unpacked once per block for all of them (the
 /// compiler keeps what does not fit in 16 registers on the stack, in L1).
@@ -26,21 +27,32 @@ pub unsafe fn tile(w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize,
     let mut j = 0;
     while j < mt {
         let n = (mt - j).min(MT);
-        if n == 1 && f == Format::Q6K {
-            q6k_m1(p, nb, a, row0 + j, &mut out[j]);
+        let r = row0 + j;
+        // Out of the kernels: [half][activation row][weight row of the half].
+        let mut o = [[[0f32; 8]; MT]; 2];
+        if n == 1 {
+            // Decode: both halves of each cache line together (`q6k_m1` says why).
+            match f {
+                Format::Q4K | Format::Q5K => q45k::<1>(f == Format::Q5K, p, 0..2, nb, a, r, &mut o),
+                Format::Q6K => q6k_m1(p, nb, a, r, &mut out[j]),
+                _ => q32::<1>(f, p, 0..2, nb, a, r, &mut o),
+            }
+            if f != Format::Q6K {
+                out[j][..8].copy_from_slice(&o[0][0]);
+                out[j][8..].copy_from_slice(&o[1][0]);
+            }
             j += 1;
             continue;
         }
+        // Several rows: one half at a time over the whole row, so the codes unpacked for a
+        // block stay in registers for every activation row.
         for half in 0..2 {
-            let mut o = [[0f32; 8]; MT];
-            let r = row0 + j;
             macro_rules! by_n {
                 ($k:ident $(, $arg:expr)*) => {
                     match n {
-                        1 => $k::<1>($($arg,)* p, half, nb, a, r, &mut o),
-                        2 => $k::<2>($($arg,)* p, half, nb, a, r, &mut o),
-                        3 => $k::<3>($($arg,)* p, half, nb, a, r, &mut o),
-                        _ => $k::<4>($($arg,)* p, half, nb, a, r, &mut o),
+                        2 => $k::<2>($($arg,)* p, half..half + 1, nb, a, r, &mut o),
+                        3 => $k::<3>($($arg,)* p, half..half + 1, nb, a, r, &mut o),
+                        _ => $k::<4>($($arg,)* p, half..half + 1, nb, a, r, &mut o),
                     }
                 };
             }
@@ -49,13 +61,16 @@ pub unsafe fn tile(w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize,
                 Format::Q6K => by_n!(q6k),
                 _ => by_n!(q32, f),
             }
-            for (jj, o) in o.iter().enumerate().take(n) {
+            for (jj, o) in o[half].iter().enumerate().take(n) {
                 out[j + jj][8 * half..8 * half + 8].copy_from_slice(o);
             }
         }
         j += n;
     }
 }
+
+/// Kernel output: [half][activation row][weight row of the half].
+type HalfOut = [[[f32; 8]; MT]; 2];
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -101,66 +116,77 @@ unsafe fn fifth_bits(hb: *const u8, half: usize) -> __m256i {
     _mm256_and_si256(bytes_from_bits(m as u32), _mm256_set1_epi8(16))
 }
 
-/// 32-element formats.
+/// 32-element formats, for the weight-row halves in `halves` (both, per block, for decode).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q32<const N: usize>(f: Format, w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+unsafe fn q32<const N: usize>(f: Format, w: *const u8, halves: Range<usize>, blocks: usize, a: &Acts, row0: usize, out: &mut HalfOut) {
     let lay = Tile::of(f);
     let tb = f.tile_bytes();
     let has_min = matches!(f, Format::Q4_1 | Format::Q5_1);
     let five = matches!(f, Format::Q5_0 | Format::Q5_1);
     let k = a.k;
-    let (vo, so) = (32 * half, 16 * half);
     let low4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [[_mm256_setzero_ps(); N]; 2];
     for b in 0..blocks {
         let t = w.add(b * tb);
-        let dw = load_f16x8(t.add(lay.d + so));
-        // wv[c]: elements 4c..4c+4 of the 8 rows. Q8_0: the signed values (codes ^ 0x80).
-        let mut wv = [_mm256_setzero_si256(); 8];
-        if f == Format::Q8_0 {
-            for (i, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_xor_si256(load(t.add(qs_at(f, i) + vo)), _mm256_set1_epi8(-128));
-            }
-        } else {
-            for i in 0..4 {
-                let v = load(t.add(qs_at(f, i) + vo));
-                wv[i] = _mm256_and_si256(v, low4);
-                wv[4 + i] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-                if five {
-                    wv[i] = _mm256_or_si256(wv[i], fifth_bits(t.add(hb_at(f, 2 * i)), half));
-                    wv[4 + i] = _mm256_or_si256(wv[4 + i], fifth_bits(t.add(hb_at(f, 2 * i + 1)), half));
-                }
-            }
-        }
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let row = row0 + j;
-            let ib = row * (k / 32) + b;
-            let aq = a.qs.as_ptr().add(row * k + 32 * b);
-            let mut s;
+        for half in halves.clone() {
+            let (vo, so) = (32 * half, 16 * half);
+            let dw = load_f16x8(t.add(lay.d + so));
+            // wv[c]: elements 4c..4c+4 of the 8 rows. Q8_0: the signed values (codes ^ 0x80).
+            let mut wv = [_mm256_setzero_si256(); 8];
             if f == Format::Q8_0 {
-                // |w| x sign(a, w): products fit int16 one pair at a time.
-                s = _mm256_setzero_si256();
-                for (c, v) in wv.iter().enumerate() {
-                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*v), _mm256_sign_epi8(bcast_i32(aq.add(4 * c)), *v));
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                for (i, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_xor_si256(load(t.add(qs_at(f, i) + vo)), _mm256_set1_epi8(-128));
                 }
             } else {
-                s = if has_min { _mm256_setzero_si256() } else { _mm256_set1_epi32(*a.bias.get_unchecked(ib)) };
-                for c in (0..8).step_by(2) {
-                    s = dot2(s, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                for i in 0..4 {
+                    let v = load(t.add(qs_at(f, i) + vo));
+                    wv[i] = _mm256_and_si256(v, low4);
+                    wv[4 + i] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                    if five {
+                        wv[i] = _mm256_or_si256(wv[i], fifth_bits(t.add(hb_at(f, 2 * i)), half));
+                        wv[4 + i] = _mm256_or_si256(wv[4 + i], fifth_bits(t.add(hb_at(f, 2 * i + 1)), half));
+                    }
                 }
             }
-            let da = _mm256_set1_ps(*a.d.get_unchecked(ib));
-            *acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), da), *acc);
-            if has_min {
-                let mw = load_f16x8(t.add(lay.m + so));
-                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.s.get_unchecked(ib)), *acc);
+            for (j, acc) in acc[half].iter_mut().enumerate() {
+                let row = row0 + j;
+                let ib = row * (k / 32) + b;
+                let aq = a.qs.as_ptr().add(row * k + 32 * b);
+                let mut s;
+                if f == Format::Q8_0 {
+                    // |w| x sign(a, w): products fit int16 one pair at a time.
+                    s = _mm256_setzero_si256();
+                    for (c, v) in wv.iter().enumerate() {
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*v), _mm256_sign_epi8(bcast_i32(aq.add(4 * c)), *v));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                } else {
+                    s = if has_min { _mm256_setzero_si256() } else { _mm256_set1_epi32(*a.bias.get_unchecked(ib)) };
+                    for c in (0..8).step_by(2) {
+                        s = dot2(s, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                    }
+                }
+                let da = _mm256_set1_ps(*a.d.get_unchecked(ib));
+                *acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), da), *acc);
+                if has_min {
+                    let mw = load_f16x8(t.add(lay.m + so));
+                    *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.s.get_unchecked(ib)), *acc);
+                }
             }
         }
     }
-    for (j, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
+    store_halves(&acc, halves, out);
+}
+
+/// Writes the accumulators of the halves a kernel computed.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_halves<const N: usize>(acc: &[[__m256; N]; 2], halves: Range<usize>, out: &mut HalfOut) {
+    for half in halves {
+        for (j, acc) in acc[half].iter().enumerate() {
+            _mm256_storeu_ps(out[half][j].as_mut_ptr(), *acc);
+        }
     }
 }
 
@@ -185,16 +211,16 @@ unsafe fn widen_six_bit(p: *const u8, dst: *mut u8) {
 #[repr(align(32))]
 struct Wide([u8; 256]);
 
-/// Q4_K / Q5_K.
+/// Q4_K / Q5_K, for the weight-row halves in `halves`; with both (decode) they alternate per
+/// sub-block, so each 64-byte piece is used whole while it is in L1.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, blocks: usize, a: &Acts, row0: usize, out: &mut HalfOut) {
     let f = if five { Format::Q5K } else { Format::Q4K };
     let lay = Tile::of(f);
     let tb = f.tile_bytes();
     let k = a.k;
-    let (vo, so) = (32 * half, 16 * half);
     let low4 = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [[_mm256_setzero_ps(); N]; 2];
     // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
     let mut wide = Wide([0; 256]);
     let sm = wide.0.as_mut_ptr();
@@ -202,51 +228,56 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, half: usize, blocks: us
         let t = w.add(b * tb);
         widen_six_bit(t.add(lay.sc), sm);
         widen_six_bit(t.add(lay.mn), sm.add(128));
-        let mut tot = [_mm256_setzero_si256(); N];
+        let mut tot = [[_mm256_setzero_si256(); N]; 2];
         for s in 0..8 {
             let (jj, h) = (s / 2, s % 2);
-            let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(16 * s + 8 * half) as *const __m128i));
-            let mut wv = [_mm256_setzero_si256(); 8];
-            for (c, v) in wv.iter_mut().enumerate() {
-                let i = 8 * jj + c;
-                let raw = load(t.add(qs_at(f, i) + vo));
-                *v = if h == 0 { _mm256_and_si256(raw, low4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4) };
-                if five {
-                    *v = _mm256_or_si256(*v, fifth_bits(t.add(hb_at(f, 2 * i + h)), half));
+            for half in halves.clone() {
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(16 * s + 8 * half) as *const __m128i));
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    let i = 8 * jj + c;
+                    let raw = load(t.add(qs_at(f, i) + 32 * half));
+                    *v = if h == 0 { _mm256_and_si256(raw, low4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4) };
+                    if five {
+                        *v = _mm256_or_si256(*v, fifth_bits(t.add(hb_at(f, 2 * i + h)), half));
+                    }
+                }
+                for (j, tot) in tot[half].iter_mut().enumerate() {
+                    let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
+                    let mut isum = _mm256_setzero_si256();
+                    for c in (0..8).step_by(2) {
+                        isum = dot2(isum, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                    }
+                    *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
                 }
             }
-            for (j, tot) in tot.iter_mut().enumerate() {
-                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
-                let mut isum = _mm256_setzero_si256();
-                for c in (0..8).step_by(2) {
-                    isum = dot2(isum, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+        }
+        for half in halves.clone() {
+            let d = load_f16x8(t.add(lay.d + 16 * half));
+            let dmin = load_f16x8(t.add(lay.m + 16 * half));
+            for (j, acc) in acc[half].iter_mut().enumerate() {
+                let row = row0 + j;
+                let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
+                let mut mins = _mm256_setzero_si256();
+                for pair in 0..4 {
+                    let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.add(128 + 32 * pair + 16 * half) as *const __m128i));
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mn, _mm256_set1_epi32(bs.add(pair).read_unaligned())));
                 }
-                *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
+                let da = _mm256_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
+                *acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(tot[half][j]), da), *acc);
+                *acc = _mm256_fnmadd_ps(dmin, _mm256_mul_ps(_mm256_cvtepi32_ps(mins), da), *acc);
             }
         }
-        let d = load_f16x8(t.add(lay.d + so));
-        let dmin = load_f16x8(t.add(lay.m + so));
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let row = row0 + j;
-            let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
-            let mut mins = _mm256_setzero_si256();
-            for pair in 0..4 {
-                let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sm.add(128 + 32 * pair + 16 * half) as *const __m128i));
-                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(mn, _mm256_set1_epi32(bs.add(pair).read_unaligned())));
-            }
-            let da = _mm256_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
-            *acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(tot[j]), da), *acc);
-            *acc = _mm256_fnmadd_ps(dmin, _mm256_mul_ps(_mm256_cvtepi32_ps(mins), da), *acc);
-        }
     }
-    for (j, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
-    }
+    store_halves(&acc, halves, out);
 }
 
-/// Q6_K (same quarter-by-quarter order as the AVX-512 kernel; see there).
+/// Q6_K for several activation rows, one half at a time (same quarter-by-quarter order as the
+/// AVX-512 kernel; see there). One row: `q6k_m1`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k<const N: usize>(w: *const u8, half: usize, blocks: usize, a: &Acts, row0: usize, out: &mut [[f32; 8]; MT]) {
+unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize, a: &Acts, row0: usize, out: &mut HalfOut) {
+    debug_assert_eq!(halves.len(), 1);
+    let half = halves.start;
     let lay = Tile::of(Format::Q6K);
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
@@ -296,7 +327,7 @@ unsafe fn q6k<const N: usize>(w: *const u8, half: usize, blocks: usize, a: &Acts
         }
     }
     for (j, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out[j].as_mut_ptr(), *acc);
+        _mm256_storeu_ps(out[half][j].as_mut_ptr(), *acc);
     }
 }
 
