@@ -1,6 +1,8 @@
 //! AVX2 micro-kernels, for x86 CPUs without AVX-512 VNNI. Same packed layout and same arithmetic
 //! as `avx512.rs`, on half a group at a time (8 weight rows per ymm: the low or high 32 bytes of
-//! each 64-byte vector). Int8 products use `vpmaddubsw` (unsigned codes x signed activations ->
+//! each 64-byte vector). Several activation rows take one half over the whole row, then the other,
+//! reusing unpacked codes across rows; one row (decode) takes both halves of each piece together,
+//! so every cache line is used whole while it is in L1 and the memory stream never waits. Int8 products use `vpmaddubsw` (unsigned codes x signed activations ->
 //! int16 pairs) then `vpmaddwd` by ones to int32. Two `vpmaddubsw` results are added in int16
 //! before widening; codes of at most 6 bits keep that below 2*2*63*127 = 32004, so nothing
 //! saturates. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
