@@ -69,49 +69,20 @@ impl Rows for Q8Rows<'_> {
     }
 }
 
-/// c (m x n, row-major) = alpha * a (m x k, strides a_rs/a_cs) * b (k x n, strides b_rs/b_cs).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    alpha: f32,
-) {
-    debug_assert!(c.len() >= m * n);
-    debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    debug_assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // Safety: the slices cover every element the strides address (checked above in debug builds
-    // and guaranteed by the callers' shapes).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+/// a . b in a fixed order (8 running lanes, then a fixed tree), so a score never depends on how
+/// many query rows share the call: decode (one row) and prefill must give the same numbers. (A
+/// general GEMM picks its kernel, and with it the summation order, by the matrix shape.)
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
     }
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
 }
 
 /// scores[r * n + j] = scale * q_r . k_j
@@ -126,7 +97,12 @@ fn qk(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32]
             _ => {}
         }
     }
-    matmul(rep, n, hd, scores, q, hd, 1, kb, 1, hd, scale);
+    for (r, row) in scores[..rep * n].chunks_exact_mut(n).enumerate() {
+        let qr = &q[r * hd..(r + 1) * hd];
+        for (j, sc) in row.iter_mut().enumerate() {
+            *sc = scale * dot(qr, &kb[j * hd..(j + 1) * hd]);
+        }
+    }
 }
 
 /// acc[r * hd + d] += sum_j p[r * n + j] * v_j[d]
@@ -152,9 +128,13 @@ fn pv(rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
         }
         return;
     }
-    let mut out = vec![0f32; rep * hd];
-    matmul(rep, hd, n, &mut out, p, n, 1, vb, hd, 1, 1.0);
-    acc.iter_mut().zip(out).for_each(|(a, o)| *a += o);
+    // Row by row, keys in order: the same sums whatever `rep` is (see `dot`).
+    for r in 0..rep {
+        let (ar, pr) = (&mut acc[r * hd..(r + 1) * hd], &p[r * n..(r + 1) * n]);
+        for (j, &pj) in pr.iter().enumerate() {
+            ar.iter_mut().zip(&vb[j * hd..(j + 1) * hd]).for_each(|(a, v)| *a += pj * v);
+        }
+    }
 }
 
 /// Each key row (C vectors of 16) stays in registers while every query head of the group takes
