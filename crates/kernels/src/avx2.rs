@@ -2,8 +2,8 @@
 //! as `avx512.rs`, on half a group at a time (8 weight rows per ymm: the low or high 32 bytes of
 //! each 64-byte vector). Several activation rows take one half over the whole row, then the other,
 //! reusing unpacked codes across rows; one row (decode) takes both halves of each piece together,
-//! so every cache line is used whole while it is in L1 and the memory stream never waits. Int8 products use `vpmaddubsw` (unsigned codes x signed activations ->
-//! int16 pairs) then `vpmaddwd` by ones to int32. Two `vpmaddubsw` results are added in int16
+//! so every cache line is used whole while it is in L1 and the memory stream never waits. Int8
+//! products use `vpmaddubsw` (unsigned codes x signed activations -> int16 pairs) then `vpmaddwd` by ones to int32. Two `vpmaddubsw` results are added in int16
 //! before widening; codes of at most 6 bits keep that below 2*2*63*127 = 32004, so nothing
 //! saturates. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
 //! Float steps match the scalar kernel's order exactly, so results are bit-identical to it.
@@ -36,13 +36,11 @@ pub unsafe fn tile(w: &PackedMatrix, g: usize, a: &Acts, row0: usize, mt: usize,
             // Decode: both halves of each cache line together (`q6k_m1` says why).
             match f {
                 Format::Q4K | Format::Q5K => q45k::<1>(f == Format::Q5K, p, 0..2, nb, a, r, &mut o),
-                Format::Q6K => q6k_m1(p, nb, a, r, &mut out[j]),
+                Format::Q6K => q6k_m1(p, nb, a, r, &mut o),
                 _ => q32::<1>(f, p, 0..2, nb, a, r, &mut o),
             }
-            if f != Format::Q6K {
-                out[j][..8].copy_from_slice(&o[0][0]);
-                out[j][8..].copy_from_slice(&o[1][0]);
-            }
+            out[j][..8].copy_from_slice(&o[0][0]);
+            out[j][8..].copy_from_slice(&o[1][0]);
             j += 1;
             continue;
         }
@@ -340,7 +338,7 @@ unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize,
 /// Here each code vector is built from both halves of its lines at once, sub-block by sub-block
 /// (a few more loads, all from L1; no more vector ALU work than `q6k`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut [f32; 16]) {
+unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut HalfOut) {
     let lay = Tile::of(Format::Q6K);
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
@@ -387,6 +385,5 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut [f
             *acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(tot[half]), da), *acc);
         }
     }
-    _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
-    _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
+    store_halves(&[[acc[0]], [acc[1]]], 0..2, out);
 }
