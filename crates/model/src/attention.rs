@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, Storage, Tensor};
 use std::sync::Mutex;
 use std::ops::Range;
+use nanbeige_kernels::Isa;
 
 /// Below this much work (positions x heads x head_dim) threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
@@ -86,17 +87,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// scores[r * n + j] = scale * q_r . k_j
-fn qk(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32], scale: f32) {
+#[allow(clippy::too_many_arguments)]
+fn qk(isa: Isa, rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32], scale: f32) {
     assert!(q.len() >= rep * hd && kb.len() >= n * hd && scores.len() >= rep * n);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // Safety: AVX-512F is present; the slices hold the asserted sizes.
-        match hd {
-            64 => return unsafe { qk_avx512::<4>(rep, n, scores, q, kb, scale) },
-            128 => return unsafe { qk_avx512::<8>(rep, n, scores, q, kb, scale) },
-            _ => {}
-        }
+    match isa {
+        // Safety (both): the path is supported here; the slices hold the asserted sizes.
+        Isa::Avx512 if hd == 64 => return unsafe { qk_avx512::<4>(rep, n, scores, q, kb, scale) },
+        Isa::Avx512 if hd == 128 => return unsafe { qk_avx512::<8>(rep, n, scores, q, kb, scale) },
+        Isa::Avx2 | Isa::Avx512 if hd.is_multiple_of(32) => return unsafe { qk_avx2(rep, n, hd, scores, q, kb, scale) },
+        _ => {}
     }
+    let _ = isa;
     for (r, row) in scores[..rep * n].chunks_exact_mut(n).enumerate() {
         let qr = &q[r * hd..(r + 1) * hd];
         for (j, sc) in row.iter_mut().enumerate() {
@@ -106,10 +108,10 @@ fn qk(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32]
 }
 
 /// acc[r * hd + d] += sum_j p[r * n + j] * v_j[d]
-fn pv(rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
+fn pv(isa: Isa, rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
     assert!(acc.len() >= rep * hd && p.len() >= rep * n && vb.len() >= n * hd);
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f") {
+    if isa == Isa::Avx512 && hd.is_multiple_of(64) {
         let mut r0 = 0;
         while r0 < rep {
             let rg = (rep - r0).min(4);
@@ -128,11 +130,100 @@ fn pv(rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && hd.is_multiple_of(16) {
+        let mut r0 = 0;
+        while r0 < rep {
+            let rg = (rep - r0).min(4);
+            for d0 in (0..hd).step_by(16) {
+                // Safety: AVX2 and FMA are present; rows r0..r0+rg and columns d0..d0+16 are in bounds.
+                unsafe {
+                    match rg {
+                        1 => pv_avx2::<1>(r0, d0, hd, n, acc, p, vb),
+                        2 => pv_avx2::<2>(r0, d0, hd, n, acc, p, vb),
+                        3 => pv_avx2::<3>(r0, d0, hd, n, acc, p, vb),
+                        _ => pv_avx2::<4>(r0, d0, hd, n, acc, p, vb),
+                    }
+                }
+            }
+            r0 += rg;
+        }
+        return;
+    }
     // Row by row, keys in order: the same sums whatever `rep` is (see `dot`).
     for r in 0..rep {
         let (ar, pr) = (&mut acc[r * hd..(r + 1) * hd], &p[r * n..(r + 1) * n]);
         for (j, &pj) in pr.iter().enumerate() {
             ar.iter_mut().zip(&vb[j * hd..(j + 1) * hd]).for_each(|(a, v)| *a += pj * v);
+        }
+    }
+}
+
+/// `qk` for head sizes that are a multiple of 32, 8 wide: each row's dot product runs in 4
+/// accumulators over the row, then a fixed tree, whatever the number of rows. Two query rows share
+/// each load of the key row (16 ymm registers do not hold a whole 128-wide key as AVX-512 does).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn qk_avx2(rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], kb: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn total(a: [__m256; 4]) -> f32 {
+        let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+    for j in 0..n {
+        let kp = kb.as_ptr().add(j * hd);
+        let mut r = 0;
+        while r < rep {
+            let two = r + 1 < rep;
+            let (q0, q1) = (q.as_ptr().add(r * hd), q.as_ptr().add((r + two as usize) * hd));
+            let (mut a, mut b) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+            for c in (0..hd).step_by(32) {
+                for x in 0..4 {
+                    let k = _mm256_loadu_ps(kp.add(c + 8 * x));
+                    a[x] = _mm256_fmadd_ps(_mm256_loadu_ps(q0.add(c + 8 * x)), k, a[x]);
+                    b[x] = _mm256_fmadd_ps(_mm256_loadu_ps(q1.add(c + 8 * x)), k, b[x]);
+                }
+            }
+            *scores.get_unchecked_mut(r * n + j) = total(a) * scale;
+            if two {
+                *scores.get_unchecked_mut((r + 1) * n + j) = total(b) * scale;
+            }
+            r += 2;
+        }
+    }
+}
+
+/// Rows r0..r0+RG, columns d0..d0+16 of acc: 2 x RG accumulators stay in registers over all n
+/// value rows (each element's sum in key order, as in the other paths).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv_avx2<const RG: usize>(
+    r0: usize,
+    d0: usize,
+    hd: usize,
+    n: usize,
+    acc: &mut [f32],
+    p: &[f32],
+    vb: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm256_setzero_ps(); 2]; RG];
+    for j in 0..n {
+        let vp = vb.as_ptr().add(j * hd + d0);
+        let v = [_mm256_loadu_ps(vp), _mm256_loadu_ps(vp.add(8))];
+        for (r, ar) in a.iter_mut().enumerate() {
+            let w = _mm256_set1_ps(*p.get_unchecked((r0 + r) * n + j));
+            ar[0] = _mm256_fmadd_ps(w, v[0], ar[0]);
+            ar[1] = _mm256_fmadd_ps(w, v[1], ar[1]);
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        let op = acc.as_mut_ptr().add((r0 + r) * hd + d0);
+        for (x, ax) in ar.iter().enumerate() {
+            _mm256_storeu_ps(op.add(8 * x), _mm256_add_ps(_mm256_loadu_ps(op.add(8 * x)), *ax));
         }
     }
 }
@@ -256,8 +347,9 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 /// activations any last-bit difference can flip a rounding and grow through the layers).
 /// Returns nh * hd values.
 #[cfg(test)]
-pub(crate) fn decode<R: Rows>(q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
-    prefill(q, k, v, 1, t - 1, nh, nkv, hd, true)
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode<R: Rows>(isa: Isa, q: &[f32], k: &R, v: &R, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
+    prefill_isa(isa, q, k, v, 1, t - 1, nh, nkv, hd, true)
 }
 
 /// Query rows per prefill work item (times the query heads of one kv head).
@@ -284,13 +376,30 @@ pub(crate) fn prefill<R: Rows>(
     hd: usize,
     parallel: bool,
 ) -> Vec<f32> {
+    prefill_isa(nanbeige_kernels::active_isa(), q, k, v, s, start, nh, nkv, hd, parallel)
+}
+
+/// `prefill` on a chosen kernel path (tests run every path the machine supports).
+#[allow(clippy::too_many_arguments)]
+fn prefill_isa<R: Rows>(
+    isa: Isa,
+    q: &[f32],
+    k: &R,
+    v: &R,
+    s: usize,
+    start: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    parallel: bool,
+) -> Vec<f32> {
     let rep = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = s.div_ceil(PREFILL_ROWS);
     let items: Vec<(usize, usize)> = (0..nkv).flat_map(|g| (0..blocks).map(move |b| (g, b))).collect();
     let work = |&(g, b): &(usize, usize)| {
         let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
-        (g, i0, prefill_block_dispatch(q, k, v, g, i0..i1, s, start, rep, hd, scale))
+        (g, i0, prefill_block_dispatch(isa, q, k, v, g, i0..i1, s, start, rep, hd, scale))
     };
     // (kv head, first query row, outputs) per item.
     type Part = (usize, usize, Vec<f32>);
@@ -316,10 +425,11 @@ pub(crate) fn prefill<R: Rows>(
     out
 }
 
-/// `prefill_block` compiled for AVX-512 when the CPU has it (the mask, softmax and rescaling
-/// loops then run 16 wide).
+/// `prefill_block` compiled for the chosen path's vector width (the mask, softmax and rescaling
+/// loops then run 16 or 8 wide; plain x86-64 code is 4 wide).
 #[allow(clippy::too_many_arguments)]
 fn prefill_block_dispatch<R: Rows>(
+    isa: Isa,
     q: &[f32],
     k: &R,
     v: &R,
@@ -331,18 +441,21 @@ fn prefill_block_dispatch<R: Rows>(
     hd: usize,
     scale: f32,
 ) -> Vec<f32> {
+    // Safety (both): the caller's path is one this CPU supports.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // Safety: the CPU has AVX-512F.
-        return unsafe { prefill_block_avx512(q, k, v, g, rows, s, start, rep, hd, scale) };
+    match isa {
+        Isa::Avx512 => return unsafe { prefill_block_avx512(isa, q, k, v, g, rows, s, start, rep, hd, scale) },
+        Isa::Avx2 => return unsafe { prefill_block_avx2(isa, q, k, v, g, rows, s, start, rep, hd, scale) },
+        Isa::Scalar => {}
     }
-    prefill_block(q, k, v, g, rows, s, start, rep, hd, scale)
+    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn prefill_block_avx512<R: Rows>(
+    isa: Isa,
     q: &[f32],
     k: &R,
     v: &R,
@@ -354,7 +467,26 @@ unsafe fn prefill_block_avx512<R: Rows>(
     hd: usize,
     scale: f32,
 ) -> Vec<f32> {
-    prefill_block(q, k, v, g, rows, s, start, rep, hd, scale)
+    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn prefill_block_avx2<R: Rows>(
+    isa: Isa,
+    q: &[f32],
+    k: &R,
+    v: &R,
+    g: usize,
+    rows: Range<usize>,
+    s: usize,
+    start: usize,
+    rep: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
 }
 
 /// One work item of `prefill`: query rows `rows` of the `rep` heads sharing kv head `g`. Returns
@@ -362,6 +494,7 @@ unsafe fn prefill_block_avx512<R: Rows>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn prefill_block<R: Rows>(
+    isa: Isa,
     q: &[f32],
     k: &R,
     v: &R,
@@ -394,7 +527,7 @@ fn prefill_block<R: Rows>(
         let kb = k.block(g, c0..c1, &mut kbuf);
         // The same kernel as a decode step (not a GEMM): per score, the same operations in the same
         // order whatever the number of query rows.
-        qk(m_rows, n, hd, &mut scores[..m_rows * n], &qb, kb, scale);
+        qk(isa, m_rows, n, hd, &mut scores[..m_rows * n], &qb, kb, scale);
         for r in 0..rep {
             for i in 0..nr {
                 let row = r * nr + i;
@@ -417,7 +550,7 @@ fn prefill_block<R: Rows>(
             }
         }
         let vb = v.block(g, c0..c1, &mut vbuf);
-        pv(m_rows, hd, n, &mut acc, &scores[..m_rows * n], vb);
+        pv(isa, m_rows, hd, n, &mut acc, &scores[..m_rows * n], vb);
         c0 = c1;
     }
     for (row, a) in acc.chunks_exact_mut(hd).enumerate() {
@@ -490,11 +623,16 @@ mod tests {
             (1300, 10, 2, 64),
             (600, 5, 1, 128),
             (9, 7, 1, 64),
+            (700, 6, 2, 48),
+            (300, 3, 1, 96),
         ] {
             let (q, k, v) = (rand(nh * hd, &mut seed), rand(nkv * t * hd, &mut seed), rand(nkv * t * hd, &mut seed));
             let want = naive(&q, &k, &v, t, nh, nkv, hd);
-            let got = decode(&q, &F32Rows { data: &k, cap: t, hd }, &F32Rows { data: &v, cap: t, hd }, t, nh, nkv, hd);
-            assert!(max_diff(&got, &want) < 1e-5, "t={t}: {}", max_diff(&got, &want));
+            for isa in nanbeige_kernels::supported_isas() {
+                let (kr, vr) = (F32Rows { data: &k, cap: t, hd }, F32Rows { data: &v, cap: t, hd });
+                let got = decode(isa, &q, &kr, &vr, t, nh, nkv, hd);
+                assert!(max_diff(&got, &want) < 1e-5, "{isa:?} t={t} hd={hd}: {}", max_diff(&got, &want));
+            }
         }
     }
 
@@ -504,23 +642,43 @@ mod tests {
         // AVX-512 head sizes and several key chunks; each query row must equal plain decode
         // attention over its visible prefix.
         let mut seed = 3;
-        for &(s, start, nh, nkv, hd) in
-            &[(5usize, 0usize, 3usize, 1usize, 7usize), (37, 300, 6, 2, 20), (300, 0, 4, 2, 64), (40, 500, 5, 1, 128)]
-        {
+        for &(s, start, nh, nkv, hd) in &[
+            (5usize, 0usize, 3usize, 1usize, 7usize),
+            (37, 300, 6, 2, 20),
+            (300, 0, 4, 2, 64),
+            (40, 500, 5, 1, 128),
+            (70, 250, 3, 1, 48),
+            (33, 100, 4, 2, 96),
+        ] {
             let t = start + s;
             let q = rand(nh * s * hd, &mut seed);
             let (k, v) = (rand(nkv * t * hd, &mut seed), rand(nkv * t * hd, &mut seed));
             let (kr, vr) = (F32Rows { data: &k, cap: t, hd }, F32Rows { data: &v, cap: t, hd });
-            let got = prefill(&q, &kr, &vr, s, start, nh, nkv, hd, true);
-            // Split over the pool or not (batched decode runs it serially): the same numbers.
-            let serial = prefill(&q, &kr, &vr, s, start, nh, nkv, hd, false);
-            assert!(got.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "s={s} start={start}");
-            for i in 0..s {
-                // Query i's heads as one (nh * hd) row; keys visible: 0..=start + i.
-                let qi: Vec<f32> = (0..nh).flat_map(|h| q[(h * s + i) * hd..(h * s + i + 1) * hd].to_vec()).collect();
-                let want = decode(&qi, &kr, &vr, start + i + 1, nh, nkv, hd);
-                let row = &got[i * nh * hd..(i + 1) * nh * hd];
-                assert!(max_diff(row, &want) < 1e-5, "s={s} start={start} row {i}: {}", max_diff(row, &want));
+            for isa in nanbeige_kernels::supported_isas() {
+                let got = prefill_isa(isa, &q, &kr, &vr, s, start, nh, nkv, hd, true);
+                // Split over the pool or not (batched decode runs it serially): the same numbers.
+                let serial = prefill_isa(isa, &q, &kr, &vr, s, start, nh, nkv, hd, false);
+                assert!(got.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "s={s} start={start}");
+                for i in 0..s {
+                    // Query i's heads as one (nh * hd) row; keys visible: 0..=start + i. The same
+                    // path must give the same bits decoding it alone (a prefix-cache hit must not
+                    // change the logits).
+                    let qi: Vec<f32> =
+                        (0..nh).flat_map(|h| q[(h * s + i) * hd..(h * s + i + 1) * hd].to_vec()).collect();
+                    let want = decode(isa, &qi, &kr, &vr, start + i + 1, nh, nkv, hd);
+                    let row = &got[i * nh * hd..(i + 1) * nh * hd];
+                    assert!(
+                        row.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa:?} s={s} start={start} hd={hd} row {i}: {}",
+                        max_diff(row, &want)
+                    );
+                }
+                if isa == Isa::Scalar {
+                    continue;
+                }
+                // A vector path against the scalar one: the same attention up to rounding.
+                let plain = prefill_isa(Isa::Scalar, &q, &kr, &vr, s, start, nh, nkv, hd, true);
+                assert!(max_diff(&got, &plain) < 1e-5, "{isa:?} vs scalar, hd={hd}: {}", max_diff(&got, &plain));
             }
         }
     }
@@ -549,8 +707,10 @@ mod tests {
             let want = naive(&q, &kf, &vf, t, nh, nkv, hd);
             let k = Q8Rows { data: &kd, scale: &ks, nkv, hd };
             let v = Q8Rows { data: &vd, scale: &vs, nkv, hd };
-            let got = decode(&q, &k, &v, t, nh, nkv, hd);
-            assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+            for isa in nanbeige_kernels::supported_isas() {
+                let got = decode(isa, &q, &k, &v, t, nh, nkv, hd);
+                assert!(max_diff(&got, &want) < 1e-5, "{isa:?}: {}", max_diff(&got, &want));
+            }
         }
     }
 }
@@ -590,10 +750,10 @@ mod speed {
             for _ in 0..reps {
                 let out = if name == "f32" {
                     let r = F32Rows { data: &k, cap: t, hd };
-                    decode(&q, &r, &r, t, nh, nkv, hd)
+                    decode(nanbeige_kernels::active_isa(), &q, &r, &r, t, nh, nkv, hd)
                 } else {
                     let r = Q8Rows { data: &kq, scale: &sc, nkv, hd };
-                    decode(&q, &r, &r, t, nh, nkv, hd)
+                    decode(nanbeige_kernels::active_isa(), &q, &r, &r, t, nh, nkv, hd)
                 };
                 std::hint::black_box(out);
             }

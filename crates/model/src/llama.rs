@@ -252,8 +252,8 @@ fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor;
 /// silu(g) * u in one pass over plain slices (inference): candle's silu and mul are two passes,
 /// two allocations and a libm call per element. sigmoid(x) from e = e^-|x| (never overflows):
 /// 1 / (1 + e) for x >= 0, e / (1 + e) below. In batched decode this runs on one core while the
-/// other waits, so the loop is also compiled for AVX-512 (the same arithmetic per element, so the
-/// same bits).
+/// other waits, so the loop is also compiled for AVX-512 and AVX2 (the same arithmetic per element,
+/// so the same bits).
 fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let (g, u) = (g.contiguous()?, u.contiguous()?);
     if g.dims() != u.dims() || g.dtype() != DType::F32 || u.dtype() != DType::F32 {
@@ -263,10 +263,12 @@ fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let out = crate::attention::with_f32(&g, |gs| {
         crate::attention::with_f32(&u, |us| {
             let (gs, us) = (&gs[..n], &us[..n]);
+            // Safety (both): the active path is one this CPU supports.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // Safety: the CPU has AVX-512F.
-                return unsafe { swiglu_avx512(gs, us) };
+            match nanbeige_kernels::active_isa() {
+                nanbeige_kernels::Isa::Avx512 => return unsafe { swiglu_avx512(gs, us) },
+                nanbeige_kernels::Isa::Avx2 => return unsafe { swiglu_avx2(gs, us) },
+                nanbeige_kernels::Isa::Scalar => {}
             }
             swiglu_rows(gs, us)
         })
@@ -290,6 +292,12 @@ fn swiglu_rows(gs: &[f32], us: &[f32]) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn swiglu_avx512(gs: &[f32], us: &[f32]) -> Vec<f32> {
+    swiglu_rows(gs, us)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gs: &[f32], us: &[f32]) -> Vec<f32> {
     swiglu_rows(gs, us)
 }
 
