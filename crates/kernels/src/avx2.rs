@@ -3,9 +3,11 @@
 //! each 64-byte vector). Several activation rows take one half over the whole row, then the other,
 //! reusing unpacked codes across rows; one row (decode) takes both halves of each piece together,
 //! so every cache line is used whole while it is in L1 and the memory stream never waits. Int8
-//! products use `vpmaddubsw` (unsigned codes x signed activations -> int16 pairs) then `vpmaddwd` by ones to int32. Two `vpmaddubsw` results are added in int16
-//! before widening; codes of at most 6 bits keep that below 2*2*63*127 = 32004, so nothing
-//! saturates. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
+//! products use `vpmaddubsw` (unsigned codes x signed activations -> int16 pairs), then `vpmaddwd`
+//! widens to int32 (by ones, or by the sub-block scale). As many `vpmaddubsw` results are added in
+//! int16 first as the code width allows without overflow (each is at most 2 * max_code * 128):
+//! 8 for 4-bit codes (30720), 4 for 5-bit (31744), 2 for 6-bit (32256); integer sums are exact in
+//! any order. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
 //! Float steps match the scalar kernel's order exactly, so results are bit-identical to it.
 
 use crate::acts::Acts;
@@ -108,6 +110,35 @@ unsafe fn dot2(acc: __m256i, w0: __m256i, a0: *const i8, w1: __m256i, a1: *const
     _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
 }
 
+/// int16 lanes: sum over c of the products of code vector w[c] with the activation dword at
+/// a + 4c, as a tree. The caller keeps len(w) * 2 * max_code * 128 below 2^15.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sum16<const L: usize>(w: &[__m256i; L], a: *const i8) -> __m256i {
+    let mut p: [__m256i; L] = std::array::from_fn(|c| _mm256_maddubs_epi16(w[c], bcast_i32(a.add(4 * c))));
+    let mut n = L;
+    while n > 1 {
+        for i in 0..n / 2 {
+            p[i] = _mm256_add_epi16(p[2 * i], p[2 * i + 1]);
+        }
+        n /= 2;
+    }
+    p[0]
+}
+
+/// int32 lanes: the dot products of 8 code vectors (32 elements of each of 8 rows) with the
+/// activations at `a`, times `scale` (int16 pairs: one value per row in both halves of its lane).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot8(wv: &[__m256i; 8], a: *const i8, five: bool, scale: __m256i) -> __m256i {
+    if five {
+        let (lo, hi): (&[__m256i; 4], &[__m256i; 4]) = (wv[..4].try_into().unwrap(), wv[4..].try_into().unwrap());
+        _mm256_add_epi32(_mm256_madd_epi16(sum16(lo, a), scale), _mm256_madd_epi16(sum16(hi, a.add(16)), scale))
+    } else {
+        _mm256_madd_epi16(sum16(wv, a), scale)
+    }
+}
+
 /// Fifth bits of one unpacked vector (its u64 mask at `hb`) for this half, as 0x10 bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -162,9 +193,9 @@ unsafe fn q32<const N: usize>(f: Format, w: *const u8, halves: Range<usize>, blo
                         s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
                     }
                 } else {
-                    s = if has_min { _mm256_setzero_si256() } else { _mm256_set1_epi32(*a.bias.get_unchecked(ib)) };
-                    for c in (0..8).step_by(2) {
-                        s = dot2(s, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
+                    s = dot8(&wv, aq, five, ones);
+                    if !has_min {
+                        s = _mm256_add_epi32(s, _mm256_set1_epi32(*a.bias.get_unchecked(ib)));
                     }
                 }
                 let da = _mm256_set1_ps(*a.d.get_unchecked(ib));
@@ -233,6 +264,7 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, b
             let (jj, h) = (s / 2, s % 2);
             for half in halves.clone() {
                 let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(16 * s + 8 * half) as *const __m128i));
+                let sc = _mm256_or_si256(sc, _mm256_slli_epi32::<16>(sc));
                 let mut wv = [_mm256_setzero_si256(); 8];
                 for (c, v) in wv.iter_mut().enumerate() {
                     let i = 8 * jj + c;
@@ -244,11 +276,7 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, b
                 }
                 for (j, tot) in tot[half].iter_mut().enumerate() {
                     let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 32 * s);
-                    let mut isum = _mm256_setzero_si256();
-                    for c in (0..8).step_by(2) {
-                        isum = dot2(isum, wv[c], aq.add(4 * c), wv[c + 1], aq.add(4 * c + 4));
-                    }
-                    *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
+                    *tot = _mm256_add_epi32(*tot, dot8(&wv, aq, five, sc));
                 }
             }
         }
