@@ -363,8 +363,9 @@ unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize,
 /// the two halves one after the other over the whole row, so its first pass touched every cache
 /// line and used half of it, with the memory stream stalled while the second pass ran from cache;
 /// one row at a time is latency-bound (one core streamed Q6_K at 9.7 GB/s of the 19 it can read).
-/// Here each code vector is built from both halves of its lines at once, sub-block by sub-block
-/// (a few more loads, all from L1; no more vector ALU work than `q6k`).
+/// Here each quarter's lines are used in both halves back to back, while they are in L1. Each
+/// high-bit / low-bit vector triple is loaded once and gives the codes of all four sub-rows (16
+/// code vectors live at once would spill, so two chunks at a time feed four running sums).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut HalfOut) {
     let lay = Tile::of(Format::Q6K);
@@ -372,18 +373,8 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut Ha
     let k = a.k;
     let low4 = _mm256_set1_epi8(0x0F);
     let hi2 = _mm256_set1_epi8(0x30);
+    let ones = _mm256_set1_epi16(1);
     let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
-    // Code vector of sub-row tt, chunk c of half h, for weight rows 8 half .. 8 half + 8 (see `q6k`).
-    let code_of = |t: *const u8, h: usize, c: usize, tt: usize, half: usize| {
-        let hv = load(t.add(q6k_qh_at(8 * h + c) + 32 * half));
-        let l = load(t.add(qs_at(Format::Q6K, 16 * h + 8 * (tt % 2) + c) + 32 * half));
-        match tt {
-            0 => code(l, _mm256_slli_epi16::<4>(hv)),
-            1 => code(l, _mm256_slli_epi16::<2>(hv)),
-            2 => code(_mm256_srli_epi16::<4>(l), hv),
-            _ => code(_mm256_srli_epi16::<4>(l), _mm256_srli_epi16::<2>(hv)),
-        }
-    };
     let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..blocks {
         let t = w.add(b * tb);
@@ -392,18 +383,36 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut Ha
             let (h, cg) = (q / 2, q % 2);
             let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
             let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);
-            for tt in 0..4 {
-                let sub = 8 * h + 2 * tt + cg;
-                let a0 = aq.add(32 * tt);
-                for (half, tot) in tot.iter_mut().enumerate() {
-                    let mut isum = _mm256_set1_epi32(*bias.add(2 * tt));
-                    for pair in 0..2 {
-                        let c = 4 * cg + 2 * pair;
-                        let (w0, w1) = (code_of(t, h, c, tt, half), code_of(t, h, c + 1, tt, half));
-                        isum = dot2(isum, w0, a0.add(8 * pair), w1, a0.add(8 * pair + 4));
+            for (half, tot) in tot.iter_mut().enumerate() {
+                // isum[tt]: sub-row tt (sub-block 8h + 2tt + cg) of the 8 weight rows of this half.
+                let mut isum: [__m256i; 4] = std::array::from_fn(|tt| _mm256_set1_epi32(*bias.add(2 * tt)));
+                for pair in 0..2 {
+                    let mut p16 = [_mm256_setzero_si256(); 4];
+                    for e in 0..2 {
+                        let c = 4 * cg + 2 * pair + e;
+                        let hv = load(t.add(q6k_qh_at(8 * h + c) + 32 * half));
+                        let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c) + 32 * half));
+                        let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c) + 32 * half));
+                        let codes = [
+                            code(l0, _mm256_slli_epi16::<4>(hv)),
+                            code(l1, _mm256_slli_epi16::<2>(hv)),
+                            code(_mm256_srli_epi16::<4>(l0), hv),
+                            code(_mm256_srli_epi16::<4>(l1), _mm256_srli_epi16::<2>(hv)),
+                        ];
+                        for (tt, p) in p16.iter_mut().enumerate() {
+                            let m = _mm256_maddubs_epi16(codes[tt], bcast_i32(aq.add(32 * tt + 8 * pair + 4 * e)));
+                            // Two 6-bit products per int16 lane at most (see the header).
+                            *p = if e == 0 { m } else { _mm256_add_epi16(*p, m) };
+                        }
                     }
+                    for (s, p) in isum.iter_mut().zip(p16) {
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+                    }
+                }
+                for (tt, s) in isum.iter().enumerate() {
+                    let sub = 8 * h + 2 * tt + cg;
                     let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(t.add(lay.sc + 16 * sub + 8 * half) as *const __m128i));
-                    *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(isum, sc));
+                    *tot = _mm256_add_epi32(*tot, _mm256_mullo_epi32(*s, sc));
                 }
             }
         }
