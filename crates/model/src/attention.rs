@@ -110,45 +110,29 @@ fn qk(isa: Isa, rep: usize, n: usize, hd: usize, scores: &mut [f32], q: &[f32], 
 /// acc[r * hd + d] += sum_j p[r * n + j] * v_j[d]
 fn pv(isa: Isa, rep: usize, hd: usize, n: usize, acc: &mut [f32], p: &[f32], vb: &[f32]) {
     assert!(acc.len() >= rep * hd && p.len() >= rep * n && vb.len() >= n * hd);
+    // Safety (both): the path is supported here; each call's rows r0..r0+rg and columns
+    // d0..d0+width are in bounds.
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && hd.is_multiple_of(64) {
-        let mut r0 = 0;
-        while r0 < rep {
-            let rg = (rep - r0).min(4);
-            for d0 in (0..hd).step_by(64) {
-                // Safety: AVX-512F is present; rows r0..r0+rg and columns d0..d0+64 are in bounds.
-                unsafe {
-                    match rg {
-                        1 => pv_avx512::<1>(r0, d0, hd, n, acc, p, vb),
-                        2 => pv_avx512::<2>(r0, d0, hd, n, acc, p, vb),
-                        3 => pv_avx512::<3>(r0, d0, hd, n, acc, p, vb),
-                        _ => pv_avx512::<4>(r0, d0, hd, n, acc, p, vb),
-                    }
-                }
+        return pv_tiles(rep, hd, 64, |r0, rg, d0| unsafe {
+            match rg {
+                1 => pv_avx512::<1>(r0, d0, hd, n, acc, p, vb),
+                2 => pv_avx512::<2>(r0, d0, hd, n, acc, p, vb),
+                3 => pv_avx512::<3>(r0, d0, hd, n, acc, p, vb),
+                _ => pv_avx512::<4>(r0, d0, hd, n, acc, p, vb),
             }
-            r0 += rg;
-        }
-        return;
+        });
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && hd.is_multiple_of(16) {
-        let mut r0 = 0;
-        while r0 < rep {
-            let rg = (rep - r0).min(4);
-            for d0 in (0..hd).step_by(16) {
-                // Safety: AVX2 and FMA are present; rows r0..r0+rg and columns d0..d0+16 are in bounds.
-                unsafe {
-                    match rg {
-                        1 => pv_avx2::<1>(r0, d0, hd, n, acc, p, vb),
-                        2 => pv_avx2::<2>(r0, d0, hd, n, acc, p, vb),
-                        3 => pv_avx2::<3>(r0, d0, hd, n, acc, p, vb),
-                        _ => pv_avx2::<4>(r0, d0, hd, n, acc, p, vb),
-                    }
-                }
+        return pv_tiles(rep, hd, 16, |r0, rg, d0| unsafe {
+            match rg {
+                1 => pv_avx2::<1>(r0, d0, hd, n, acc, p, vb),
+                2 => pv_avx2::<2>(r0, d0, hd, n, acc, p, vb),
+                3 => pv_avx2::<3>(r0, d0, hd, n, acc, p, vb),
+                _ => pv_avx2::<4>(r0, d0, hd, n, acc, p, vb),
             }
-            r0 += rg;
-        }
-        return;
+        });
     }
     // Row by row, keys in order: the same sums whatever `rep` is (see `dot`).
     for r in 0..rep {
@@ -225,6 +209,19 @@ unsafe fn pv_avx2<const RG: usize>(
         for (x, ax) in ar.iter().enumerate() {
             _mm256_storeu_ps(op.add(8 * x), _mm256_add_ps(_mm256_loadu_ps(op.add(8 * x)), *ax));
         }
+    }
+}
+
+/// `tile(r0, rg, d0)` over groups of up to 4 query rows and blocks of `width` value columns.
+#[cfg(target_arch = "x86_64")]
+fn pv_tiles(rep: usize, hd: usize, width: usize, mut tile: impl FnMut(usize, usize, usize)) {
+    let mut r0 = 0;
+    while r0 < rep {
+        let rg = (rep - r0).min(4);
+        for d0 in (0..hd).step_by(width) {
+            tile(r0, rg, d0);
+        }
+        r0 += rg;
     }
 }
 
@@ -399,7 +396,7 @@ fn prefill_isa<R: Rows>(
     let items: Vec<(usize, usize)> = (0..nkv).flat_map(|g| (0..blocks).map(move |b| (g, b))).collect();
     let work = |&(g, b): &(usize, usize)| {
         let (i0, i1) = (b * PREFILL_ROWS, ((b + 1) * PREFILL_ROWS).min(s));
-        (g, i0, prefill_block_dispatch(isa, q, k, v, g, i0..i1, s, start, rep, hd, scale))
+        (g, i0, prefill_block_dispatch(isa, &Item { q, k, v, g, rows: i0..i1, s, start, rep, hd, scale }))
     };
     // (kv head, first query row, outputs) per item.
     type Part = (usize, usize, Vec<f32>);
@@ -425,14 +422,12 @@ fn prefill_isa<R: Rows>(
     out
 }
 
-/// `prefill_block` compiled for the chosen path's vector width (the mask, softmax and rescaling
-/// loops then run 16 or 8 wide; plain x86-64 code is 4 wide).
-#[allow(clippy::too_many_arguments)]
-fn prefill_block_dispatch<R: Rows>(
-    isa: Isa,
-    q: &[f32],
-    k: &R,
-    v: &R,
+/// One `prefill` work item: query rows `rows` of the `rep` heads sharing kv head `g`, over the
+/// call's queries (`s` rows per head, from position `start`) and cache rows.
+struct Item<'a, R> {
+    q: &'a [f32],
+    k: &'a R,
+    v: &'a R,
     g: usize,
     rows: Range<usize>,
     s: usize,
@@ -440,72 +435,38 @@ fn prefill_block_dispatch<R: Rows>(
     rep: usize,
     hd: usize,
     scale: f32,
-) -> Vec<f32> {
+}
+
+/// `prefill_block` compiled for the chosen path's vector width (the mask, softmax and rescaling
+/// loops then run 16 or 8 wide; plain x86-64 code is 4 wide).
+fn prefill_block_dispatch<R: Rows>(isa: Isa, it: &Item<R>) -> Vec<f32> {
     // Safety (both): the caller's path is one this CPU supports.
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 => return unsafe { prefill_block_avx512(isa, q, k, v, g, rows, s, start, rep, hd, scale) },
-        Isa::Avx2 => return unsafe { prefill_block_avx2(isa, q, k, v, g, rows, s, start, rep, hd, scale) },
+        Isa::Avx512 => return unsafe { prefill_block_avx512(isa, it) },
+        Isa::Avx2 => return unsafe { prefill_block_avx2(isa, it) },
         Isa::Scalar => {}
     }
-    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
+    prefill_block(isa, it)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn prefill_block_avx512<R: Rows>(
-    isa: Isa,
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    rows: Range<usize>,
-    s: usize,
-    start: usize,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Vec<f32> {
-    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
+unsafe fn prefill_block_avx512<R: Rows>(isa: Isa, it: &Item<R>) -> Vec<f32> {
+    prefill_block(isa, it)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn prefill_block_avx2<R: Rows>(
-    isa: Isa,
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    rows: Range<usize>,
-    s: usize,
-    start: usize,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Vec<f32> {
-    prefill_block(isa, q, k, v, g, rows, s, start, rep, hd, scale)
+unsafe fn prefill_block_avx2<R: Rows>(isa: Isa, it: &Item<R>) -> Vec<f32> {
+    prefill_block(isa, it)
 }
 
-/// One work item of `prefill`: query rows `rows` of the `rep` heads sharing kv head `g`. Returns
-/// their outputs, (rep, rows, hd).
+/// One work item of `prefill`. Returns its outputs, (rep, rows, hd).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn prefill_block<R: Rows>(
-    isa: Isa,
-    q: &[f32],
-    k: &R,
-    v: &R,
-    g: usize,
-    rows: Range<usize>,
-    s: usize,
-    start: usize,
-    rep: usize,
-    hd: usize,
-    scale: f32,
-) -> Vec<f32> {
+fn prefill_block<R: Rows>(isa: Isa, it: &Item<R>) -> Vec<f32> {
+    let Item { q, k, v, g, s, start, rep, hd, scale, .. } = *it;
+    let rows = it.rows.clone();
     let nr = rows.len();
     let m_rows = rep * nr;
     // Query row (r, i) at index r * nr + i.
