@@ -271,8 +271,13 @@ pub struct PairArgs {
     /// Preference pairs, JSONL: {"prompt": [messages] | "text", "chosen": msg | "text", "rejected": ...}.
     #[arg(long)]
     data: PathBuf,
+    /// Output directory (not needed with --eval).
+    #[arg(long, required_unless_present = "eval")]
+    out: Option<PathBuf>,
+    /// Reward model only: train nothing, report the accuracy of an existing reward model (--model,
+    /// a `train rm` output) on every pair of --data, e.g. pairs from the policy's own later samples.
     #[arg(long)]
-    out: PathBuf,
+    eval: bool,
     /// Optimizer steps (default: one epoch).
     #[arg(long)]
     steps: Option<u64>,
@@ -312,10 +317,22 @@ fn load_pairs(a: &PairArgs) -> Result<(PathBuf, nanbeige_engine::LoadedModel, Or
 }
 
 pub fn rm_cmd(a: PairArgs) -> Result<()> {
+    if a.eval {
+        let dir = hub::resolve(a.model.as_deref())?;
+        let model = RewardModel::load(&dir)?;
+        let pairs = rm::tokenize_pairs(&model.lm, &rm::read_pairs(&a.data)?);
+        if pairs.is_empty() {
+            bail!("{}: no pairs to score", a.data.display());
+        }
+        let acc = rm::accuracy(&model, &pairs)?;
+        println!("reward model {}: accuracy {acc:.3} on {} pairs of {}", dir.display(), pairs.len(), a.data.display());
+        return Ok(());
+    }
+    let out = a.out.clone().context("--out is required")?;
     let (_, lm, origin, train, test) = load_pairs(&a)?;
     let mut model = RewardModel::new(lm)?;
     let o = RmOptions {
-        out: a.out.clone(),
+        out: out.clone(),
         steps: a.steps.unwrap_or(train.len().div_ceil(a.pairs_per_step.max(1)) as u64),
         pairs_per_step: a.pairs_per_step,
         lr: a.lr,
@@ -333,15 +350,19 @@ pub fn rm_cmd(a: PairArgs) -> Result<()> {
         s.last_loss,
         s.train_accuracy,
         s.seconds,
-        a.out.display()
+        out.display()
     );
     Ok(())
 }
 
 pub fn dpo_cmd(a: PairArgs) -> Result<()> {
+    if a.eval {
+        bail!("--eval scores a reward model: use it with `train rm`");
+    }
+    let out = a.out.clone().context("--out is required")?;
     let (_, mut lm, origin, train, test) = load_pairs(&a)?;
     let o = DpoOptions {
-        out: a.out.clone(),
+        out: out.clone(),
         steps: a.steps.unwrap_or(train.len().div_ceil(a.pairs_per_step.max(1)) as u64),
         pairs_per_step: a.pairs_per_step,
         lr: a.lr,
@@ -362,7 +383,7 @@ pub fn dpo_cmd(a: PairArgs) -> Result<()> {
         r.last_accuracy,
         r.last_chosen_shift,
         r.seconds,
-        a.out.display()
+        out.display()
     );
     Ok(())
 }

@@ -162,5 +162,9 @@ fn train_errors_are_one_line() {
     std::fs::write(&blank, "\n").unwrap();
     assert_clean_error(&run(&["train", "rm", "--model", m, "--out", o, "--data", blank.to_str().unwrap()]), "no usable preference pairs");
     assert_clean_error(&run(&["train", "dpo", "--model", m, "--out", o, "--data", "/no/pairs.jsonl"]), "pairs.jsonl");
+    let b = blank.to_str().unwrap();
+    assert_clean_error(&run(&["train", "rm", "--eval", "--model", m, "--data", b]), "not a reward model");
+    assert_clean_error(&run(&["train", "dpo", "--eval", "--model", m, "--out", o, "--data", b]), "use it with `train rm`");
+    assert!(!run(&["train", "rm", "--model", m, "--data", b]).status.success(), "train rm without --out or --eval");
     assert_clean_error(&run(&["train", "trajectories", "--log", blank.to_str().unwrap()]), "no runs");
 }
