@@ -3,7 +3,8 @@
 # model's own (right, wrong) pairs from scripts/train/dpo_add.sh, then RL on win rates inside each
 # group under that reward model, then held-out accuracy, greedy and sampled (temperature 1, 4
 # samples), and the win rate of after over before with the answer checker as judge (the checker
-# is never seen in training here).
+# is never seen in training here); then the reward model's accuracy on pairs from each model's own
+# held-out samples (where RL moved the policy, is it still right?).
 #   scripts/train/pairwise_add.sh SFT_MODEL_DIR PAIRS_JSONL [WORKDIR]
 #   env: STEPS, PROMPTS, GROUP, LR, TEMP, SEED, N_EVAL, RM_LR, MODES ("sampled greedy": which evaluations)
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
@@ -28,4 +29,10 @@ for mode in ${MODES:-sampled greedy}; do
             --parallel 16 "${S[@]}" --out "$W/$mode-$m.jsonl" --json > "$W/$mode-$m.json"
     done
     "$BIN" eval compare "$W/$mode-sft.jsonl" "$W/$mode-pw.jsonl" | tee "$W/compare-$mode.txt"
+    [ "$mode" = sampled ] || continue
+    # Does the reward model still rank right over wrong on each policy's own held-out samples?
+    for m in sft pw; do
+        python3 "$(dirname "$0")/pairs_from_eval.py" "$W/$mode-$m.jsonl" > "$W/heldout-pairs-$m.jsonl"
+        "$BIN" train rm --eval --model "$W/rm" --data "$W/heldout-pairs-$m.jsonl" | tee -a "$W/compare-$mode.txt" || true
+    done
 done
