@@ -1,11 +1,12 @@
-//! Single-query attention over a sequence's KV cache, for decode steps, straight from the cache
-//! store (f32 or int8 rows) with no intermediate tensors. The query heads that share a kv head are
-//! served together so each cached row is read once per step; long contexts are split into chunks
-//! with their own softmax, merged at the end, so both cores work at any depth.
+//! Inference attention over a sequence's KV cache, straight from the cache store (f32 or int8
+//! rows) with no intermediate tensors: prefill (flash-attention style, key chunks with a running
+//! softmax) and decode, which is prefill with one query row so both give the same bits. The query
+//! heads that share a kv head are served together so each cached row is read once per step.
+//! Score and value products have AVX-512 and AVX2 kernels (chosen by the kernel path, as the
+//! matmuls are) and a scalar one, each summing in a fixed order per row.
 //!
-//! Decode attention is a few small dot products per cached position; done as candle ops it costs a
-//! dozen tensor allocations per layer and sequence, which dominated batched decoding. Prefill and
-//! training keep the tensor version in llama.rs (it is differentiable and masks many queries).
+//! Done as candle ops, decode attention cost a dozen tensor allocations per layer and sequence,
+//! which dominated batched decoding. Training keeps the differentiable tensor version in llama.rs.
 
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, Storage, Tensor};
