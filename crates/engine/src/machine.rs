@@ -13,6 +13,8 @@ pub struct CpuInfo {
     pub features: Vec<&'static str>,
     /// The instruction-set path the matrix kernels run (nanbeige-kernels' run-time choice).
     pub kernel_path: &'static str,
+    /// How far ahead (bytes) the quantized kernels prefetch their weights; 0 when they do not.
+    pub prefetch_bytes: usize,
     /// AMX is never used: on these machines AMX instructions fault although the CPU flags list it.
     pub amx_used: bool,
 }
@@ -29,6 +31,7 @@ pub fn cpu_info() -> CpuInfo {
         logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         features: simd_features(),
         kernel_path: nanbeige_kernels::active_isa().name(),
+        prefetch_bytes: nanbeige_kernels::prefetch_distance(),
         amx_used: false,
     }
 }

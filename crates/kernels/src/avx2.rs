@@ -9,8 +9,10 @@
 //! 8 for 4-bit codes (30720), 4 for 5-bit (31744), 2 for 6-bit (32256); integer sums are exact in
 //! any order. Q8_0's full-range codes use the sign trick instead (|w| x sign(a, w)).
 //! Float steps match the scalar kernel's order exactly, so results are bit-identical to it.
+//! Each block also asks for the weights `prefetch_distance()` bytes ahead (dispatch.rs says when).
 
 use crate::acts::Acts;
+use crate::dispatch::{prefetch_distance, prefetch_l2};
 use crate::gemm::{Out, MT_MAX};
 use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
 use core::arch::x86_64::*;
@@ -158,8 +160,13 @@ unsafe fn q32<const N: usize>(f: Format, w: *const u8, halves: Range<usize>, blo
     let low4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); N]; 2];
+    // Prefetch on the first pass over the row only (a second half re-reads it from cache).
+    let pd = if halves.start == 0 { prefetch_distance() } else { 0 };
     for b in 0..blocks {
         let t = w.add(b * tb);
+        if pd != 0 {
+            prefetch_l2(t.wrapping_add(pd), tb);
+        }
         for half in halves.clone() {
             let (vo, so) = (32 * half, 16 * half);
             let dw = load_f16x8(t.add(lay.d + so));
@@ -255,6 +262,7 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, b
     // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
     let mut wide = Wide([0; 256]);
     let sm = wide.0.as_mut_ptr();
+    let pd = if halves.start == 0 { prefetch_distance() } else { 0 };
     for b in 0..blocks {
         let t = w.add(b * tb);
         widen_six_bit(t.add(lay.sc), sm);
@@ -262,6 +270,11 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, b
         let mut tot = [[_mm256_setzero_si256(); N]; 2];
         for s in 0..8 {
             let (jj, h) = (s / 2, s % 2);
+            // An eighth of the tile ahead per eighth done: a whole Q4_K tile's 36 requests at
+            // once would hold the line-fill buffers the demand loads need.
+            if pd != 0 {
+                prefetch_l2(t.wrapping_add(pd + s * tb / 8), tb / 8);
+            }
             for half in halves.clone() {
                 let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(16 * s + 8 * half) as *const __m128i));
                 let sc = _mm256_or_si256(sc, _mm256_slli_epi32::<16>(sc));
@@ -314,8 +327,12 @@ unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize,
     let hi2 = _mm256_set1_epi8(0x30);
     let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
     let mut acc = [_mm256_setzero_ps(); N];
+    let pd = if halves.start == 0 { prefetch_distance() } else { 0 };
     for b in 0..blocks {
         let t = w.add(b * tb);
+        if pd != 0 {
+            prefetch_l2(t.wrapping_add(pd), tb);
+        }
         let mut tot = [_mm256_setzero_si256(); N];
         for q in 0..4 {
             let (h, cg) = (q / 2, q % 2);
@@ -376,10 +393,15 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut Ha
     let ones = _mm256_set1_epi16(1);
     let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
     let mut acc = [_mm256_setzero_ps(); 2];
+    let pd = prefetch_distance();
     for b in 0..blocks {
         let t = w.add(b * tb);
         let mut tot = [_mm256_setzero_si256(); 2];
         for q in 0..4 {
+            // A quarter of the tile ahead per quarter done (see q45k).
+            if pd != 0 {
+                prefetch_l2(t.wrapping_add(pd + q * tb / 4), tb / 4);
+            }
             let (h, cg) = (q / 2, q % 2);
             let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
             let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);

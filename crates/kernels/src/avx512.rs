@@ -7,9 +7,11 @@
 //! each row into its int32 lane. The int32 block sums start from the activation's `bias`
 //! (-offset * sum), so they equal ggml's integer sums; float work (scales) happens once per block,
 //! in the same order as the scalar kernel, so results are bit-identical to it.
+//! Each block also asks for the weights `prefetch_distance()` bytes ahead (dispatch.rs says when).
 //! Uses only AVX-512 F/BW/VL/VNNI (never AMX).
 
 use crate::acts::Acts;
+use crate::dispatch::{prefetch_distance, prefetch_l2};
 use crate::gemm::{Out, MT_MAX};
 use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
 use core::arch::x86_64::*;
@@ -126,8 +128,12 @@ unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Act
     let low4 = _mm512_set1_epi8(0x0F);
     let sixteen = _mm512_set1_epi8(16);
     let mut acc = [_mm512_setzero_ps(); MT];
+    let pd = prefetch_distance();
     for b in 0..blocks {
         let t = w.add(b * tb);
+        if pd != 0 {
+            prefetch_l2(t.wrapping_add(pd), tb);
+        }
         let dw = load_f16x16(t.add(lay.d));
         // wv[c]: elements 4c..4c+4 of the 16 rows.
         let mut wv = [_mm512_setzero_si512(); 8];
@@ -184,12 +190,18 @@ unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a
     // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
     let mut wide = Wide([0; 256]);
     let sm = wide.0.as_mut_ptr();
+    let pd = prefetch_distance();
     for b in 0..blocks {
         let t = w.add(b * tb);
         widen_six_bit(t.add(lay.sc), sm);
         widen_six_bit(t.add(lay.mn), sm.add(128));
         let mut tot = [_mm512_setzero_si512(); MT];
         for jj in 0..4 {
+            // A quarter of the tile ahead per quarter done: a burst of a whole Q4_K tile's 36
+            // requests at once would hold the line-fill buffers the demand loads need.
+            if pd != 0 {
+                prefetch_l2(t.wrapping_add(pd + jj * tb / 4), tb / 4);
+            }
             // Sub-blocks 2jj and 2jj + 1: the low and high nibbles of pieces 8jj..8jj+8, each
             // piece loaded once. Q4_K keeps the high nibble in place (16 x code, still a valid
             // u8 operand) and divides the int32 sum by 16 afterwards, exactly: one op per vector
@@ -258,6 +270,7 @@ unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usiz
     // (l & 0x0F) | (h & 0x30), h's other bits already cleared.
     let code = |l: __m512i, h: __m512i| _mm512_ternarylogic_epi32::<0xEC>(l, _mm512_and_si512(h, hi2), low4);
     let mut acc = [_mm512_setzero_ps(); MT];
+    let pd = prefetch_distance();
     for b in 0..blocks {
         let t = w.add(b * tb);
         let mut tot = [_mm512_setzero_si512(); MT];
@@ -268,6 +281,10 @@ unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usiz
             // codes[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 16 rows.
             let mut codes = [[_mm512_setzero_si512(); 4]; 4];
             for (c4, cv) in codes.iter_mut().enumerate() {
+                // A sixteenth of the tile ahead per sixteenth done (see q45k).
+                if pd != 0 {
+                    prefetch_l2(t.wrapping_add(pd + (4 * q + c4) * tb / 16), tb / 16);
+                }
                 let c = 4 * cg + c4;
                 let hv = load(t.add(q6k_qh_at(8 * h + c)));
                 let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c)));

@@ -2,6 +2,7 @@
 //! `is_x86_feature_detected!`; `NANBEIGE_KERNEL=scalar|avx2|avx512` overrides it for the whole
 //! process, and every kernel entry point also has an `_isa` variant so tests can run each path the
 //! machine supports side by side.
+//! It also decides how far ahead the quantized kernels prefetch their weights (`prefetch_distance`).
 //! Never AMX: its tile instructions fault on machines whose CPUID lists them but whose OS has not
 //! enabled the tile state, so nothing here asks for it.
 
@@ -83,4 +84,77 @@ pub fn active_isa() -> Isa {
             _ => best,
         }
     })
+}
+
+/// How many bytes ahead of the block being multiplied the quantized kernels ask for the weight
+/// stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
+/// leave one core streaming a GEMV at ~11 GB/s where asking 8 KiB ahead reaches ~25 (Xeon with
+/// AVX-512, `kernel_bench`; docs/PERFORMANCE.md); on AMD Zen 3 and Zen 4 prefetching measured no
+/// gain or a loss, so there it is off. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
+pub fn prefetch_distance() -> usize {
+    static DIST: OnceLock<usize> = OnceLock::new();
+    *DIST.get_or_init(|| {
+        let v = std::env::var("NANBEIGE_PREFETCH").ok();
+        prefetch_setting(v.as_deref(), cpu_vendor() == *b"GenuineIntel").unwrap_or_else(|| {
+            eprintln!("warning: NANBEIGE_PREFETCH={} is not a byte count; prefetching off", v.unwrap_or_default());
+            0
+        })
+    })
+}
+
+/// The distance for a `NANBEIGE_PREFETCH` value (unset or blank: the CPU's default), or None when
+/// the value is not a byte count.
+fn prefetch_setting(env: Option<&str>, intel: bool) -> Option<usize> {
+    match env.map(str::trim) {
+        Some(v) if !v.is_empty() => v.parse().ok(),
+        _ => Some(if intel { 8 << 10 } else { 0 }),
+    }
+}
+
+/// The CPUID vendor string ("GenuineIntel", "AuthenticAMD", ...).
+#[cfg(target_arch = "x86_64")]
+fn cpu_vendor() -> [u8; 12] {
+    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+    #[allow(unused_unsafe)]
+    let r = unsafe { core::arch::x86_64::__cpuid(0) };
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    v
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_vendor() -> [u8; 12] {
+    [0; 12]
+}
+
+/// Asks for the `bytes` bytes from `p` on (one request per 64-byte line) to be brought into L2.
+/// `p` may point past the end of the weights: a prefetch never faults, and the address is only
+/// formed with wrapping arithmetic.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_l2(p: *const u8, bytes: usize) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+    let mut o = 0;
+    while o < bytes {
+        // SAFETY: a prefetch is a hint; it reads nothing the program sees and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o) as *const i8) };
+        o += 64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_setting_defaults_by_vendor_and_obeys_the_variable() {
+        assert_eq!(prefetch_setting(None, true), Some(8192));
+        assert_eq!(prefetch_setting(None, false), Some(0));
+        assert_eq!(prefetch_setting(Some("  "), true), Some(8192));
+        assert_eq!(prefetch_setting(Some("0"), true), Some(0));
+        assert_eq!(prefetch_setting(Some("16384"), false), Some(16384));
+        assert_eq!(prefetch_setting(Some("8k"), true), None);
+    }
 }

@@ -25,7 +25,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-pub use dispatch::{active_isa, supported_isas, Isa};
+pub use dispatch::{active_isa, prefetch_distance, supported_isas, Isa};
 pub use float::FloatWeights;
 pub use layout::{Format, PackedMatrix};
 
