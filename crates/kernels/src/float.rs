@@ -4,10 +4,13 @@
 //! precision and the result matches an f32 matmul on the widened weights up to summation order.
 //! m = 1 (decode) walks the rows in memory order, one sequential stream per thread; m > 1 uses a
 //! register tile of 4 weight rows x up to 4 activation rows, with activation rows chunked like
-//! the quantized driver so a weight quad is read once per chunk.
+//! the quantized driver so a weight quad is read once per chunk. The decode rows prefetch their
+//! stream `prefetch_distance()` bytes ahead, as the quantized kernels do.
 //! Not here: quantized formats (gemm.rs), f32 weights (candle's gemm handles those well).
 
 use crate::dispatch::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::dispatch::{prefetch_distance, prefetch_l2};
 use crate::pool::{self, SendPtr};
 use half::{bf16, f16};
 
@@ -154,8 +157,13 @@ mod avx512 {
         let wr = w.ptr().add(row * k);
         let xp = x.as_ptr();
         let mut acc = [_mm512_setzero_ps(); 4];
+        let pd = prefetch_distance();
         let mut kk = 0;
         while kk + 64 <= k {
+            if pd != 0 {
+                // Rows lie back to back, so this runs on into the next row of the stream.
+                prefetch_l2((wr.add(kk) as *const u8).wrapping_add(pd), 128);
+            }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let o = kk + 16 * i;
                 *acc = _mm512_fmadd_ps(widen(wr.add(o), bf, 0xFFFF), _mm512_loadu_ps(xp.add(o)), *acc);
@@ -243,8 +251,12 @@ mod avx2 {
         let wr = w.ptr().add(row * k);
         let xp = x.as_ptr();
         let mut acc = [_mm256_setzero_ps(); 4];
+        let pd = prefetch_distance();
         let mut kk = 0;
         while kk + 32 <= k {
+            if pd != 0 {
+                prefetch_l2((wr.add(kk) as *const u8).wrapping_add(pd), 64);
+            }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let o = kk + 8 * i;
                 *acc = _mm256_fmadd_ps(widen(wr.add(o), bf), _mm256_loadu_ps(xp.add(o)), *acc);
