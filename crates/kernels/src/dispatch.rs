@@ -89,8 +89,9 @@ pub fn active_isa() -> Isa {
 /// How many bytes ahead of the block being multiplied the quantized kernels ask for the weight
 /// stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
 /// leave one core streaming a GEMV at ~11 GB/s where asking 8 KiB ahead reaches ~25 (Xeon with
-/// AVX-512, `kernel_bench`; docs/PERFORMANCE.md); on AMD Zen 3 and Zen 4 prefetching measured no
-/// gain or a loss, so there it is off. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
+/// AVX-512, `kernel_bench`; docs/PERFORMANCE.md). On AMD it is off: a nearer prefetch (two
+/// blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3; this one is untested
+/// there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
 pub fn prefetch_distance() -> usize {
     static DIST: OnceLock<usize> = OnceLock::new();
     *DIST.get_or_init(|| {
