@@ -13,7 +13,7 @@ pub struct CpuInfo {
     pub features: Vec<&'static str>,
     /// The instruction-set path the matrix kernels run (nanbeige-kernels' run-time choice).
     pub kernel_path: &'static str,
-    /// How far ahead (bytes) the quantized kernels prefetch their weights; 0 when they do not.
+    /// How far ahead (bytes) the matrix kernels prefetch their weights; 0 when they do not.
     pub prefetch_bytes: usize,
     /// AMX is never used: on these machines AMX instructions fault although the CPU flags list it.
     pub amx_used: bool,

@@ -2,7 +2,7 @@
 //! `is_x86_feature_detected!`; `NANBEIGE_KERNEL=scalar|avx2|avx512` overrides it for the whole
 //! process, and every kernel entry point also has an `_isa` variant so tests can run each path the
 //! machine supports side by side.
-//! It also decides how far ahead the quantized kernels prefetch their weights (`prefetch_distance`).
+//! It also decides how far ahead the kernels prefetch their weights (`prefetch_distance`).
 //! Never AMX: its tile instructions fault on machines whose CPUID lists them but whose OS has not
 //! enabled the tile state, so nothing here asks for it.
 
@@ -86,8 +86,8 @@ pub fn active_isa() -> Isa {
     })
 }
 
-/// How many bytes ahead of the block being multiplied the quantized kernels ask for the weight
-/// stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
+/// How many bytes ahead of the data being multiplied the kernels (quantized and bf16/f16) ask
+/// for the weight stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
 /// leave one core streaming a GEMV at ~11 GB/s where asking 8 KiB ahead reaches ~25 (Xeon with
 /// AVX-512, `kernel_bench`; docs/PERFORMANCE.md). On AMD it is off: a nearer prefetch (two
 /// blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3; this one is untested
