@@ -99,8 +99,15 @@ fn status_kib(key: &str) -> Option<u64> {
 /// decode ceiling.
 pub fn read_bandwidth(bytes: usize, thread_counts: &[usize], runs: usize) -> Vec<f64> {
     let words = (bytes / 8).max(1 << 16);
-    // Written once so every page is really backed by memory (an untouched buffer reads the zero page).
-    let buf: Vec<u64> = (0..words as u64).collect();
+    // The same kind of memory the packed weights live in (2 MiB pages where the kernel allows, see
+    // kernels' buffer.rs), so the ceiling compares like with like. Written once so every page is
+    // really backed by memory (an untouched buffer reads the zero page).
+    let mut mem = nanbeige_kernels::buffer::Buffer::zeroed(words * 8);
+    for (i, w) in mem.as_mut_slice().chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&(i as u64).to_le_bytes());
+    }
+    // SAFETY: the buffer is 64-byte aligned and `words * 8` bytes long.
+    let buf: &[u64] = unsafe { std::slice::from_raw_parts(mem.as_slice().as_ptr() as *const u64, words) };
     let mut sink = 0u64;
     let mut out = vec![];
     for &threads in thread_counts {

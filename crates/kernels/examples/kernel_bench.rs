@@ -47,7 +47,11 @@ fn blocks(f: Format, n: usize, k: usize) -> Vec<u8> {
 /// memory-bound GEMV can reach right now on this machine.
 fn read_bandwidth() -> f64 {
     use rayon::prelude::*;
-    let buf = vec![1u64; 32 << 20];
+    // Memory of the kind the packed weights get (2 MiB pages where allowed).
+    let mut mem = nanbeige_kernels::buffer::Buffer::zeroed(256 << 20);
+    mem.as_mut_slice().fill(1);
+    // SAFETY: 64-byte aligned, 256 MiB long.
+    let buf: &[u64] = unsafe { std::slice::from_raw_parts(mem.as_slice().as_ptr() as *const u64, 32 << 20) };
     let secs = time(
         || {
             let s: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &b| a ^ b)).sum();

@@ -19,6 +19,7 @@
 //! used by the scalar kernel, by embedding lookups, and by tests against ggml's own decoding.
 //! Not here: any arithmetic with activations.
 
+use crate::buffer::Buffer;
 use half::f16;
 
 /// Weight rows per group (lanes of one 512-bit vector of int32 dot products).
@@ -198,10 +199,6 @@ pub const fn q6k_qh_at(v: usize) -> usize {
     288 + ((2 * h + c / 4) * 4 + c % 4) * 3 * 64
 }
 
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
-
 /// A weight matrix (n rows of k elements, GGUF row-major) in the packed layout.
 pub struct PackedMatrix {
     format: Format,
@@ -209,7 +206,7 @@ pub struct PackedMatrix {
     k: usize,
     groups: usize,
     blocks: usize,
-    data: Vec<Line>,
+    data: Buffer,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -246,9 +243,9 @@ impl PackedMatrix {
         let groups = n.div_ceil(ROWS);
         let tile = format.tile_bytes();
         let total = groups * blocks * tile;
-        let mut data = vec![Line([0; 64]); total.div_ceil(64)];
-        // SAFETY: `Line` is 64 plain bytes; the view covers exactly the vector's storage.
-        let out = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, data.len() * 64) };
+        // Rounded up to whole cache lines: kernels may read a full 64-byte line at the end.
+        let mut data = Buffer::zeroed(total.div_ceil(64) * 64);
+        let out = data.as_mut_slice();
         let gb = format.gguf_block_bytes();
         let group_bytes = blocks * tile;
         let out = crate::pool::SendPtr(out.as_mut_ptr());
@@ -291,12 +288,11 @@ impl PackedMatrix {
         self.blocks
     }
     pub fn size_in_bytes(&self) -> usize {
-        self.data.len() * 64
+        self.data.len()
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `from_gguf`.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 64) }
+        self.data.as_slice()
     }
 
     /// The tile of group `g`, block `b`.

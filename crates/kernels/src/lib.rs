@@ -13,6 +13,7 @@
 //! Not here: candle tensors (the model crate wraps these slices), f32 weights, attention.
 
 pub mod acts;
+pub mod buffer;
 pub mod dispatch;
 pub mod float;
 pub mod gemm;

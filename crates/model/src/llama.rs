@@ -390,6 +390,8 @@ impl Llama {
             let attn_norm = float(src.get(&format!("{p}.input_layernorm.weight"), &[h], false)?)?;
             let ffn_norm = float(src.get(&format!("{p}.post_attention_layernorm.weight"), &[h], false)?)?;
             blocks.push(Block { attn_norm, attn, ffn_norm, mlp });
+            // Per layer, so the freed reads never add up to more than about one layer.
+            crate::weights::release_freed_memory();
         }
         let norm = float(src.get("model.norm.weight", &[h], false)?)?;
         // Some checkpoints say tie_word_embeddings=false yet ship no lm_head (or the reverse); the
@@ -411,6 +413,7 @@ impl Llama {
             (Weight::Quant(q), _) => Embedding::Quant(q),
         };
         src.finish();
+        crate::weights::release_freed_memory();
         let positions = cfg.max_position_embeddings.min(DEFAULT_ROPE_POSITIONS);
         let rope = RopeTables::new(&cfg, positions, &Device::Cpu)?;
         Ok(Self { cfg, embed, blocks, norm, lm_head, rope, differentiable: false, kv_type: KvType::F32 })
