@@ -88,8 +88,8 @@ pub fn active_isa() -> Isa {
 
 /// How many bytes ahead of the data being multiplied the kernels (quantized and bf16/f16) ask
 /// for the weight stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
-/// leave one core streaming a GEMV at ~11 GB/s where asking 8 KiB ahead reaches ~25 (Xeon with
-/// AVX-512, `kernel_bench`; docs/PERFORMANCE.md). On AMD it is off: a nearer prefetch (two
+/// leave one core streaming a Q4_0 GEMV from memory at ~10.5 GB/s where asking 8 KiB ahead reaches
+/// ~14.5 (Xeon with AVX-512, 2 MiB pages, `kernel_bench`; docs/PERFORMANCE.md). On AMD it is off: a nearer prefetch (two
 /// blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3; this one is untested
 /// there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
 pub fn prefetch_distance() -> usize {
