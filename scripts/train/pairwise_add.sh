@@ -6,20 +6,23 @@
 # is never seen in training here); then the reward model's accuracy on pairs from each model's own
 # held-out samples (where RL moved the policy, is it still right?).
 #   scripts/train/pairwise_add.sh SFT_MODEL_DIR PAIRS_JSONL [WORKDIR]
-#   env: STEPS, PROMPTS, GROUP, LR, TEMP, SEED, N_EVAL, RM_LR, MODES ("sampled greedy": which evaluations)
+#   env: STEPS, PROMPTS, GROUP, LR, TEMP, SEED, N_EVAL, RM_LR, MODES ("sampled greedy": which evaluations),
+#   KL (weight of the KL penalty to the SFT model), NO_STD=1 (centered win rates, not divided by the
+#   group's std), SAVE_EVERY. The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
 BIN="${NANBEIGE_BIN:-nanbeige}"
 SFT="$1"; PAIRS="$2"; W="${3:-runs/pairwise-add}"
 STEPS="${STEPS:-20}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e-5}"; TEMP="${TEMP:-1}"
-SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"
+SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"; KL="${KL:-0}"; SAVE_EVERY="${SAVE_EVERY:-10}"
+EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 mkdir -p "$W"
 # Every 5th pair is held out; the log reports the reward model's accuracy on them.
 [ -f "$W/rm/config.json" ] || /usr/bin/time -v "$BIN" train rm --model "$SFT" --data "$PAIRS" --out "$W/rm" \
     --lr "$RM_LR" 2> "$W/rm.log"
 /usr/bin/time -v "$BIN" train pairwise --model "$SFT" --rm "$W/rm" --gen add --n 2000 --out "$W/pw" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --max-tokens 256 --batch-tokens 512 \
-    --rollout-batch 48 --save-every 10 --seed "$SEED" 2> "$W/train.log"
+    --rollout-batch 48 --save-every "$SAVE_EVERY" --seed "$SEED" --kl "$KL" --watch-checker "${EXTRA[@]}" 2> "$W/train.log"
 # Sampled first: temperature-1 accuracy is where RL's held-out gain showed for GRPO (TRAINING.md).
 for mode in ${MODES:-sampled greedy}; do
     for m in sft pw; do

@@ -244,19 +244,24 @@ pub struct PairwiseArgs {
     judge: Option<String>,
     #[arg(long)]
     judge_model: Option<String>,
+    /// Also score every rollout with the task's checker and log its pass rate (never part of the
+    /// reward): watches for reward hacking while the policy trains.
+    #[arg(long)]
+    watch_checker: bool,
     #[command(flatten)]
     rl: RlArgs,
 }
 
 pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
+    let watch = a.watch_checker.then(|| a.rl.verifiable());
     match (&a.rm, &a.judge) {
         (Some(dir), None) => {
             let rm = RewardModel::load(dir)?;
-            run(&a.rl, &Pairwise { judge: rm })
+            run(&a.rl, &Pairwise { judge: rm, watch })
         }
         (None, Some(url)) => {
             let e = Endpoint::new(url, a.judge_model.clone(), a.rl.api_key.clone(), Duration::from_secs(600))?;
-            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 } })
+            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 }, watch })
         }
         _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),
     }

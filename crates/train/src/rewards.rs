@@ -103,9 +103,12 @@ pub trait Preference: Sync {
     }
 }
 
-/// Pair-wise rewards: win rates inside the group.
+/// Pair-wise rewards: win rates inside the group. With `watch`, the task's checker also scores
+/// every reply, for the logged pass rate only (never the reward): how a held-out judge sees the
+/// policy while it trains, which is where reward hacking shows first.
 pub struct Pairwise<P: Preference> {
     pub judge: P,
+    pub watch: Option<Verifiable>,
 }
 
 impl<P: Preference> GroupReward for Pairwise<P> {
@@ -114,7 +117,16 @@ impl<P: Preference> GroupReward for Pairwise<P> {
             Some(r) => rl::win_rates(replies.len(), |i, j| Ok(1.0 / (1.0 + (r[j] - r[i]).exp())))?,
             None => rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?,
         };
-        Ok(w.into_iter().map(|r| Scored { reward: r, passed: false, extra: json!({"win_rate": r}) }).collect())
+        let mut out: Vec<Scored> =
+            w.into_iter().map(|r| Scored { reward: r, passed: false, extra: json!({"win_rate": r}) }).collect();
+        if let Some(checker) = &self.watch {
+            for (s, r) in out.iter_mut().zip(replies) {
+                let c = checker.one(item, r)?;
+                s.passed = c.passed;
+                s.extra["checker"] = c.extra;
+            }
+        }
+        Ok(out)
     }
 
     fn has_pass(&self) -> bool {

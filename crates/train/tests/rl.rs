@@ -172,8 +172,19 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     let item = items::item(&json!({"question": "dog says?", "answer": "1"}), Kind::Math).unwrap();
     let replies: Vec<Reply> =
         ["meow", "woof", "moo"].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
-    let w = Pairwise { judge: loaded }.score(&item, &replies).unwrap();
+    let w = Pairwise { judge: loaded, watch: None }.score(&item, &replies).unwrap();
     assert!(w[1].reward > w[0].reward && w[1].reward > w[2].reward, "{:?}", w.iter().map(|s| s.reward).collect::<Vec<_>>());
+    // Watching with the checker marks which replies pass (the answer is 1) and leaves the rewards alone.
+    let loaded = RewardModel::load(&out).unwrap();
+    let mut replies = replies;
+    replies.push(Reply { text: "woof, so the answer is 1".into(), ..Default::default() });
+    let plain = Pairwise { judge: loaded, watch: None }.score(&item, &replies).unwrap();
+    let checker = Verifiable { format_weight: 0.1, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
+    let watched = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: Some(checker) }.score(&item, &replies).unwrap();
+    assert_eq!(watched.iter().map(|s| s.passed).collect::<Vec<_>>(), [false, false, false, true]);
+    for (p, w) in plain.iter().zip(&watched) {
+        assert_eq!(p.reward, w.reward);
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 
