@@ -8,7 +8,9 @@
 #   scripts/train/pairwise_add.sh SFT_MODEL_DIR PAIRS_JSONL [WORKDIR]
 #   env: STEPS, PROMPTS, GROUP, LR, TEMP, SEED, N_EVAL, RM_LR, MODES ("sampled greedy": which evaluations),
 #   KL (weight of the KL penalty to the SFT model), NO_STD=1 (centered win rates, not divided by the
-#   group's std), SAVE_EVERY. The checker watches every rollout (logged pass rate, never the reward).
+#   group's std), SAVE_EVERY, RM_REFRESH_LR (keep training the reward model on the checker's labels of
+#   each step's rollouts, after they are scored; 0: frozen), RM_REFRESH_PAIRS (pairs per group).
+#   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
 BIN="${NANBEIGE_BIN:-nanbeige}"
@@ -16,6 +18,7 @@ SFT="$1"; PAIRS="$2"; W="${3:-runs/pairwise-add}"
 STEPS="${STEPS:-20}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e-5}"; TEMP="${TEMP:-1}"
 SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"; KL="${KL:-0}"; SAVE_EVERY="${SAVE_EVERY:-10}"
 EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
+EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"
 # Every 5th pair is held out; the log reports the reward model's accuracy on them.
 [ -f "$W/rm/config.json" ] || /usr/bin/time -v "$BIN" train rm --model "$SFT" --data "$PAIRS" --out "$W/rm" \
@@ -37,5 +40,8 @@ for mode in ${MODES:-sampled greedy}; do
     for m in sft pw; do
         python3 "$(dirname "$0")/pairs_from_eval.py" "$W/$mode-$m.jsonl" > "$W/heldout-pairs-$m.jsonl"
         "$BIN" train rm --eval --model "$W/rm" --data "$W/heldout-pairs-$m.jsonl" | tee -a "$W/compare-$mode.txt" || true
+        # The refreshed reward model, where there is one: did it keep up with the policy?
+        [ ! -d "$W/pw/reward_model" ] || "$BIN" train rm --eval --model "$W/pw/reward_model" \
+            --data "$W/heldout-pairs-$m.jsonl" | tee -a "$W/compare-$mode.txt" || true
     done
 done

@@ -248,6 +248,15 @@ pub struct PairwiseArgs {
     /// reward): watches for reward hacking while the policy trains.
     #[arg(long)]
     watch_checker: bool,
+    /// Keep training the reward model during RL (0: frozen): after it scores a group, the
+    /// checker's labels of those replies give (right, wrong) pairs for one Bradley-Terry step at
+    /// this learning rate, so it follows the policy. Needs --watch-checker (the annotator).
+    /// The refreshed model is saved to OUT/reward_model.
+    #[arg(long, default_value_t = 0.0)]
+    rm_refresh_lr: f64,
+    /// Pairs per group for --rm-refresh-lr.
+    #[arg(long, default_value_t = 2)]
+    rm_refresh_pairs: usize,
     #[command(flatten)]
     rl: RlArgs,
 }
@@ -256,12 +265,31 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
     let watch = a.watch_checker.then(|| a.rl.verifiable());
     match (&a.rm, &a.judge) {
         (Some(dir), None) => {
-            let rm = RewardModel::load(dir)?;
-            run(&a.rl, &Pairwise { judge: rm, watch })
+            let mut rm = RewardModel::load(dir)?;
+            let annotate = a.rm_refresh_lr > 0.0;
+            if annotate {
+                if watch.is_none() {
+                    bail!("--rm-refresh-lr needs --watch-checker: the checker labels the pairs it learns from");
+                }
+                rm.enable_refresh(a.rm_refresh_lr, a.rm_refresh_pairs)?;
+            }
+            let pw = Pairwise { judge: rm, watch, annotate };
+            run(&a.rl, &pw)?;
+            if annotate {
+                let out = a.rl.options()?.out.join("reward_model");
+                let (text, _) = nanbeige_engine::load::load_text(dir)?;
+                let origin = Origin { path: dir.clone(), text, eos_ids: pw.judge.lm.eos_ids.clone() };
+                pw.judge.save(&out, &origin)?;
+                println!("refreshed reward model saved to {}", out.display());
+            }
+            Ok(())
         }
         (None, Some(url)) => {
             let e = Endpoint::new(url, a.judge_model.clone(), a.rl.api_key.clone(), Duration::from_secs(600))?;
-            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 }, watch })
+            if a.rm_refresh_lr > 0.0 {
+                bail!("--rm-refresh-lr needs a reward model (--rm); an LLM judge does not learn");
+            }
+            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 }, watch, annotate: false })
         }
         _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),
     }

@@ -25,7 +25,7 @@ use nanbeige_engine::{generate_batch, BatchRequest, FinishReason, GenParams, Loa
 use nanbeige_eval::backend::{reply_from_generation, Backend, Reply, Sampling};
 use nanbeige_eval::items::Item;
 use nanbeige_model::Llama;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -393,13 +393,17 @@ pub fn train(
         let st = policy_step(&lm.model, &mut opt, reference.map(|r| &r.model), &seqs, o, lr)?;
         let update_s = tu.elapsed().as_secs_f64();
         let n = rewards_all.len().max(1) as f64;
-        let rec = json!({
+        let mut rec = json!({
             "step": step, "reward": mean_reward, "pass_rate": passed as f64 / n,
             "length": lens.iter().sum::<f64>() / lens.len().max(1) as f64, "truncated": truncated as f64 / n,
             "groups": batch.len(), "groups_kept": kept, "trained_tokens": st.trained_tokens, "loss": st.loss,
             "kl": st.kl, "grad_norm": st.grad_norm,
             "rollout_s": rollout_s, "update_s": update_s, "elapsed_s": t0.elapsed().as_secs_f64(), "samples": samples,
         });
+        let extra = reward.step_stats();
+        if let (Some(Value::Object(m)), Value::Object(r)) = (&extra, &mut rec) {
+            r.extend(m.clone());
+        }
         log.write(&rec)?;
         if !o.quiet {
             eprintln!(
@@ -411,6 +415,10 @@ pub fn train(
                 batch.len(),
                 rec["kl"].as_f64().unwrap_or(0.0),
             );
+            if let Some(n) = rec["rm_pairs"].as_u64().filter(|&n| n > 0) {
+                let acc = rec["rm_accuracy"].as_f64().unwrap_or(0.0);
+                eprintln!("  reward model refreshed on {n} pairs, ranked {acc:.2} right before");
+            }
         }
         if o.save_every > 0 && (step + 1) % o.save_every == 0 && step + 1 < o.steps {
             checkpoint::save_model_dir(&o.out, &lm.model, origin, o.dtype)?;

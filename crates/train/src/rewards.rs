@@ -31,10 +31,15 @@ pub trait GroupReward: Sync {
     fn has_pass(&self) -> bool {
         true
     }
+    /// Extra metrics gathered while scoring this step's groups, merged into its log line.
+    fn step_stats(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// The task's checker plus `format_weight` for the answer format; for numeric answers that are
 /// wrong, optionally `digit_weight` × the share of digits right (`score::digit_credit`).
+#[derive(Clone)]
 pub struct Verifiable {
     pub format_weight: f64,
     pub digit_weight: f64,
@@ -101,14 +106,26 @@ pub trait Preference: Sync {
     fn rewards(&self, _item: &Item, _replies: &[Reply]) -> Result<Option<Vec<f64>>> {
         Ok(None)
     }
+    /// Learn from an annotator's labels (right or not) of replies it has just scored; a frozen
+    /// preference ignores them.
+    fn learn(&self, _item: &Item, _replies: &[Reply], _labels: &[bool]) -> Result<()> {
+        Ok(())
+    }
+    /// What `learn` saw since the last call, for the step's log line.
+    fn drain_stats(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// Pair-wise rewards: win rates inside the group. With `watch`, the task's checker also scores
-/// every reply, for the logged pass rate only (never the reward): how a held-out judge sees the
-/// policy while it trains, which is where reward hacking shows first.
+/// every reply, for the logged pass rate: how a held-out judge sees the policy while it trains,
+/// which is where reward hacking shows first. It never enters this group's reward; with `annotate`
+/// its labels go to `judge.learn` after the group is scored (online reward-model refresh: the
+/// checker as the annotator of the policy's own samples).
 pub struct Pairwise<P: Preference> {
     pub judge: P,
     pub watch: Option<Verifiable>,
+    pub annotate: bool,
 }
 
 impl<P: Preference> GroupReward for Pairwise<P> {
@@ -125,12 +142,20 @@ impl<P: Preference> GroupReward for Pairwise<P> {
                 s.passed = c.passed;
                 s.extra["checker"] = c.extra;
             }
+            if self.annotate {
+                let labels: Vec<bool> = out.iter().map(|s| s.passed).collect();
+                self.judge.learn(item, replies, &labels)?;
+            }
         }
         Ok(out)
     }
 
     fn has_pass(&self) -> bool {
         false
+    }
+
+    fn step_stats(&self) -> Option<Value> {
+        self.judge.drain_stats()
     }
 }
 

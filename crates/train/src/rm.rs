@@ -3,6 +3,11 @@
 //! loss. Saved as the backbone's HF directory plus `reward_head.safetensors`; loaded back as a
 //! `Preference` (P(a beats b) = σ(r_a - r_b)) for the pair-wise RL stage.
 //!
+//! With `enable_refresh`, the reward model also keeps learning during pair-wise RL: after it has
+//! scored a group, an annotator's labels of those same replies (the task's checker standing in for
+//! a person) become Bradley-Terry pairs for one more step, so it follows the policy to where its
+//! first training pairs never reached (a frozen one is gamed there, TRAINING.md).
+//!
 //! Also here: reading preference pairs from JSONL, shared with offline DPO.
 //! Not here: the losses (rl.rs, loss.rs), the RL loop (grpo.rs).
 
@@ -97,6 +102,30 @@ pub struct RewardModel {
     pub bias: Var,
     /// Scoring runs the model; one at a time (pairwise rewards call it from one thread anyway).
     lock: Mutex<()>,
+    refresh: Option<Refresh>,
+}
+
+/// Online learning during RL: an optimizer over the whole reward model, and what it saw.
+struct Refresh {
+    opt: Mutex<AdamW>,
+    lr: f64,
+    pairs_per_group: usize,
+    clip: f64,
+    /// (pairs seen, ranked right before their update) since the last `drain_stats`.
+    stats: Mutex<(usize, usize)>,
+}
+
+/// Up to `max` distinct (right, wrong) index pairs of a labelled group, spread so that each right
+/// reply is used once before any is used twice.
+pub fn labelled_pairs(labels: &[bool], max: usize) -> Vec<(usize, usize)> {
+    let right: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
+    let wrong: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
+    if right.is_empty() || wrong.is_empty() {
+        return vec![];
+    }
+    // Diagonal d pairs right[i] with wrong[(i + d) % W]: all R × W pairs, each once, in this order.
+    let (nr, nw) = (right.len(), wrong.len());
+    (0..nr * nw).take(max).map(|k| (right[k % nr], wrong[(k % nr + k / nr) % nw])).collect()
 }
 
 impl RewardModel {
@@ -108,6 +137,7 @@ impl RewardModel {
             bias: Var::zeros(1, DType::F32, &Device::Cpu)?,
             lm,
             lock: Mutex::new(()),
+            refresh: None,
         })
     }
 
@@ -124,7 +154,19 @@ impl RewardModel {
         if head.dims1()? != lm.model.cfg.hidden_size {
             bail!("reward head has {} inputs, the backbone {}", head.dims1()?, lm.model.cfg.hidden_size);
         }
-        Ok(Self { lm, head, bias, lock: Mutex::new(()) })
+        Ok(Self { lm, head, bias, lock: Mutex::new(()), refresh: None })
+    }
+
+    /// Keep training on labelled groups during RL (`Preference::learn`): one Bradley-Terry step
+    /// at `lr` per group, on up to `pairs_per_group` (right, wrong) pairs.
+    pub fn enable_refresh(&mut self, lr: f64, pairs_per_group: usize) -> Result<()> {
+        let mut vars = self.lm.model.trainable_vars()?;
+        vars.push(("score.weight".into(), self.head.clone()));
+        vars.push(("score.bias".into(), self.bias.clone()));
+        let opt = Mutex::new(AdamW::new(vars, 0.0)?);
+        self.refresh =
+            Some(Refresh { opt, lr, pairs_per_group: pairs_per_group.max(1), clip: 1.0, stats: Mutex::new((0, 0)) });
+        Ok(())
     }
 
     /// Rewards (one per segment) of a packed row: the head on each segment's last token.
@@ -179,6 +221,41 @@ impl Preference for RewardModel {
             .map(|r| Ok(self.score(&item.messages, item.tools.as_ref(), &reply_message(r))? as f64))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    fn learn(&self, item: &Item, replies: &[Reply], labels: &[bool]) -> Result<()> {
+        let Some(rf) = &self.refresh else { return Ok(()) };
+        let idx = labelled_pairs(labels, rf.pairs_per_group);
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut opt = rf.opt.lock().unwrap_or_else(|e| e.into_inner());
+        let ex: Vec<_> = replies
+            .iter()
+            .map(|r| distill::reply_example(&self.lm, &item.messages, item.tools.as_ref(), &reply_message(r), 0))
+            .collect::<Result<_>>()?;
+        let mut grads = GradAccum::new(&opt);
+        let mut right = 0.0;
+        for &(c, j) in &idx {
+            let r = self.row_rewards(&pair_row(&Pair { chosen: ex[c].clone(), rejected: ex[j].clone() }))?;
+            let (l, acc) = rl::bradley_terry_loss(&r.narrow(0, 0, 1)?, &r.narrow(0, 1, 1)?)?;
+            right += acc;
+            grads.add(&opt, &(l / idx.len() as f64)?.backward()?)?;
+        }
+        grads.clip(rf.clip);
+        opt.step(&grads.grads, rf.lr)?;
+        let mut st = rf.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += idx.len();
+        st.1 += right as usize;
+        Ok(())
+    }
+
+    fn drain_stats(&self) -> Option<Value> {
+        let rf = self.refresh.as_ref()?;
+        let mut st = rf.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, right) = std::mem::take(&mut *st);
+        Some(json!({"rm_pairs": n, "rm_accuracy": if n > 0 { right as f64 / n as f64 } else { f64::NAN }}))
     }
 }
 
@@ -279,4 +356,24 @@ pub fn split_pairs(pairs: Vec<Pair>, k: usize) -> (Vec<Pair>, Vec<Pair>) {
         }
     }
     (train, test)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::labelled_pairs;
+
+    #[test]
+    fn labelled_pairs_spread_and_stay_distinct() {
+        // Replies 0, 3 right; 1, 2, 4 wrong.
+        let l = [true, false, false, true, false];
+        assert_eq!(labelled_pairs(&l, 2), vec![(0, 1), (3, 2)]);
+        let all = labelled_pairs(&l, 100);
+        assert_eq!(all.len(), 6);
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 6, "pairs repeat: {all:?}");
+        assert!(labelled_pairs(&[true, true], 4).is_empty());
+        assert!(labelled_pairs(&[false, false, false], 4).is_empty());
+    }
 }

@@ -172,19 +172,46 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     let item = items::item(&json!({"question": "dog says?", "answer": "1"}), Kind::Math).unwrap();
     let replies: Vec<Reply> =
         ["meow", "woof", "moo"].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
-    let w = Pairwise { judge: loaded, watch: None }.score(&item, &replies).unwrap();
+    let w = Pairwise { judge: loaded, watch: None, annotate: false }.score(&item, &replies).unwrap();
     assert!(w[1].reward > w[0].reward && w[1].reward > w[2].reward, "{:?}", w.iter().map(|s| s.reward).collect::<Vec<_>>());
     // Watching with the checker marks which replies pass (the answer is 1) and leaves the rewards alone.
     let loaded = RewardModel::load(&out).unwrap();
     let mut replies = replies;
     replies.push(Reply { text: "woof, so the answer is 1".into(), ..Default::default() });
-    let plain = Pairwise { judge: loaded, watch: None }.score(&item, &replies).unwrap();
+    let plain = Pairwise { judge: loaded, watch: None, annotate: false }.score(&item, &replies).unwrap();
     let checker = Verifiable { format_weight: 0.1, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
-    let watched = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: Some(checker) }.score(&item, &replies).unwrap();
+    let watched = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: Some(checker.clone()), annotate: false }
+        .score(&item, &replies)
+        .unwrap();
     assert_eq!(watched.iter().map(|s| s.passed).collect::<Vec<_>>(), [false, false, false, true]);
     for (p, w) in plain.iter().zip(&watched) {
         assert_eq!(p.reward, w.reward);
     }
+    // Refreshed online: the checker passes only "moo, ... 1", which the reward model ranks below
+    // "woof" for a dog. Each group is scored first (the rewards match the frozen model's), then
+    // its (right, wrong) pairs train the reward model, until the passing reply ranks first.
+    replies[3].text = "moo, so the answer is 1".into();
+    let frozen = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: None, annotate: false };
+    let before = frozen.score(&item, &replies).unwrap();
+    assert!(before[1].reward > before[3].reward, "the test needs the model to disagree with the checker first");
+    let mut judge = RewardModel::load(&out).unwrap();
+    judge.enable_refresh(1e-3, 3).unwrap();
+    let online = Pairwise { judge, watch: Some(checker), annotate: true };
+    let first = online.score(&item, &replies).unwrap();
+    for (a, b) in before.iter().zip(&first) {
+        // (Trainable weights take candle's differentiable path: equal up to float rounding.)
+        assert!((a.reward - b.reward).abs() < 1e-6, "a group's rewards come before learning from its labels");
+    }
+    let st = online.step_stats().unwrap();
+    assert_eq!(st["rm_pairs"], 3);
+    assert!(st["rm_accuracy"].as_f64().unwrap() <= 2.0 / 3.0, "woof over moo is ranked wrong: {st}");
+    let mut last = first;
+    for _ in 0..15 {
+        last = online.score(&item, &replies).unwrap();
+    }
+    let r: Vec<f64> = last.iter().map(|s| s.reward).collect();
+    assert!((0..3).all(|i| r[3] > r[i]), "{r:?}");
+    assert_eq!(online.step_stats().unwrap()["rm_pairs"], 45);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
