@@ -106,9 +106,9 @@ pub trait Preference: Sync {
     fn rewards(&self, _item: &Item, _replies: &[Reply]) -> Result<Option<Vec<f64>>> {
         Ok(None)
     }
-    /// Learn from an annotator's labels (right or not) of replies it has just scored; a frozen
-    /// preference ignores them.
-    fn learn(&self, _item: &Item, _replies: &[Reply], _labels: &[bool]) -> Result<()> {
+    /// Learn from an annotator's labels (right or not; None: no label) of replies it has just
+    /// scored; a frozen preference ignores them.
+    fn learn(&self, _item: &Item, _replies: &[Reply], _labels: &[Option<bool>]) -> Result<()> {
         Ok(())
     }
     /// What `learn` saw since the last call, for the step's log line.
@@ -143,7 +143,9 @@ impl<P: Preference> GroupReward for Pairwise<P> {
                 s.extra["checker"] = c.extra;
             }
             if self.annotate {
-                let labels: Vec<bool> = out.iter().map(|s| s.passed).collect();
+                // A reply cut at the token limit gets no label, as in pairs_from_eval.py.
+                let labels: Vec<Option<bool>> =
+                    out.iter().zip(replies).map(|(s, r)| (r.finish_reason != "length").then_some(s.passed)).collect();
                 self.judge.learn(item, replies, &labels)?;
             }
         }

@@ -115,11 +115,11 @@ struct Refresh {
     stats: Mutex<(usize, usize)>,
 }
 
-/// Up to `max` distinct (right, wrong) index pairs of a labelled group, spread so that each right
-/// reply is used once before any is used twice.
-pub fn labelled_pairs(labels: &[bool], max: usize) -> Vec<(usize, usize)> {
-    let right: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
-    let wrong: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
+/// Up to `max` distinct (right, wrong) index pairs of a labelled group (None: left out), spread so
+/// that each right reply is used once before any is used twice.
+pub fn labelled_pairs(labels: &[Option<bool>], max: usize) -> Vec<(usize, usize)> {
+    let right: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == Some(true)).collect();
+    let wrong: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == Some(false)).collect();
     if right.is_empty() || wrong.is_empty() {
         return vec![];
     }
@@ -223,7 +223,7 @@ impl Preference for RewardModel {
             .map(Some)
     }
 
-    fn learn(&self, item: &Item, replies: &[Reply], labels: &[bool]) -> Result<()> {
+    fn learn(&self, item: &Item, replies: &[Reply], labels: &[Option<bool>]) -> Result<()> {
         let Some(rf) = &self.refresh else { return Ok(()) };
         let idx = labelled_pairs(labels, rf.pairs_per_group);
         if idx.is_empty() {
@@ -364,8 +364,8 @@ mod tests {
 
     #[test]
     fn labelled_pairs_spread_and_stay_distinct() {
-        // Replies 0, 3 right; 1, 2, 4 wrong.
-        let l = [true, false, false, true, false];
+        // Replies 0, 3 right; 1, 2, 4 wrong; 5 unlabelled.
+        let l = [Some(true), Some(false), Some(false), Some(true), Some(false), None];
         assert_eq!(labelled_pairs(&l, 2), vec![(0, 1), (3, 2)]);
         let all = labelled_pairs(&l, 100);
         assert_eq!(all.len(), 6);
@@ -373,7 +373,7 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 6, "pairs repeat: {all:?}");
-        assert!(labelled_pairs(&[true, true], 4).is_empty());
-        assert!(labelled_pairs(&[false, false, false], 4).is_empty());
+        assert!(labelled_pairs(&[Some(true), Some(true), None], 4).is_empty());
+        assert!(labelled_pairs(&[Some(false), Some(false), Some(false)], 4).is_empty());
     }
 }

@@ -191,11 +191,13 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     // "woof" for a dog. Each group is scored first (the rewards match the frozen model's), then
     // its (right, wrong) pairs train the reward model, until the passing reply ranks first.
     replies[3].text = "moo, so the answer is 1".into();
+    // A reply cut at the token limit gets no label: only (3, 1) and (3, 2) are pairs.
+    replies[0].finish_reason = "length".into();
     let frozen = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: None, annotate: false };
     let before = frozen.score(&item, &replies).unwrap();
     assert!(before[1].reward > before[3].reward, "the test needs the model to disagree with the checker first");
     let mut judge = RewardModel::load(&out).unwrap();
-    judge.enable_refresh(1e-3, 3).unwrap();
+    judge.enable_refresh(1e-3, 4).unwrap();
     let online = Pairwise { judge, watch: Some(checker), annotate: true };
     let first = online.score(&item, &replies).unwrap();
     for (a, b) in before.iter().zip(&first) {
@@ -203,15 +205,15 @@ fn reward_model_learns_pairs_and_ranks_groups() {
         assert!((a.reward - b.reward).abs() < 1e-6, "a group's rewards come before learning from its labels");
     }
     let st = online.step_stats().unwrap();
-    assert_eq!(st["rm_pairs"], 3);
-    assert!(st["rm_accuracy"].as_f64().unwrap() <= 2.0 / 3.0, "woof over moo is ranked wrong: {st}");
+    assert_eq!(st["rm_pairs"], 2);
+    assert!(st["rm_accuracy"].as_f64().unwrap() <= 0.5, "woof over moo is ranked wrong: {st}");
     let mut last = first;
     for _ in 0..15 {
         last = online.score(&item, &replies).unwrap();
     }
     let r: Vec<f64> = last.iter().map(|s| s.reward).collect();
     assert!((0..3).all(|i| r[3] > r[i]), "{r:?}");
-    assert_eq!(online.step_stats().unwrap()["rm_pairs"], 45);
+    assert_eq!(online.step_stats().unwrap()["rm_pairs"], 30);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
