@@ -400,9 +400,8 @@ pub fn train(
             "kl": st.kl, "grad_norm": st.grad_norm,
             "rollout_s": rollout_s, "update_s": update_s, "elapsed_s": t0.elapsed().as_secs_f64(), "samples": samples,
         });
-        let extra = reward.step_stats();
-        if let (Some(Value::Object(m)), Value::Object(r)) = (&extra, &mut rec) {
-            r.extend(m.clone());
+        if let (Some(Value::Object(m)), Value::Object(r)) = (reward.step_stats(), &mut rec) {
+            r.extend(m);
         }
         log.write(&rec)?;
         if !o.quiet {

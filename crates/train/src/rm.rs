@@ -231,14 +231,13 @@ impl Preference for RewardModel {
         }
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut opt = rf.opt.lock().unwrap_or_else(|e| e.into_inner());
-        let ex: Vec<_> = replies
-            .iter()
-            .map(|r| distill::reply_example(&self.lm, &item.messages, item.tools.as_ref(), &reply_message(r), 0))
-            .collect::<Result<_>>()?;
+        let example = |i: usize| {
+            distill::reply_example(&self.lm, &item.messages, item.tools.as_ref(), &reply_message(&replies[i]), 0)
+        };
         let mut grads = GradAccum::new(&opt);
         let mut right = 0.0;
         for &(c, j) in &idx {
-            let r = self.row_rewards(&pair_row(&Pair { chosen: ex[c].clone(), rejected: ex[j].clone() }))?;
+            let r = self.row_rewards(&pair_row(&Pair { chosen: example(c)?, rejected: example(j)? }))?;
             let (l, acc) = rl::bradley_terry_loss(&r.narrow(0, 0, 1)?, &r.narrow(0, 1, 1)?)?;
             right += acc;
             grads.add(&opt, &(l / idx.len() as f64)?.backward()?)?;
