@@ -40,8 +40,8 @@ for mode in ${MODES:-sampled greedy}; do
     for m in sft pw; do
         python3 "$(dirname "$0")/pairs_from_eval.py" "$W/$mode-$m.jsonl" > "$W/heldout-pairs-$m.jsonl"
         "$BIN" train rm --eval --model "$W/rm" --data "$W/heldout-pairs-$m.jsonl" | tee -a "$W/compare-$mode.txt" || true
-        # The refreshed reward model, where there is one: did it keep up with the policy?
-        [ ! -d "$W/pw/reward_model" ] || "$BIN" train rm --eval --model "$W/pw/reward_model" \
+        # The refreshed reward model, when this run refreshed one: did it keep up with the policy?
+        [ "${RM_REFRESH_LR:-0}" = 0 ] || "$BIN" train rm --eval --model "$W/pw/reward_model" \
             --data "$W/heldout-pairs-$m.jsonl" | tee -a "$W/compare-$mode.txt" || true
     done
 done

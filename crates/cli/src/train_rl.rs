@@ -276,7 +276,7 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
             let pw = Pairwise { judge: rm, watch, annotate };
             run(&a.rl, &pw)?;
             if annotate {
-                let out = a.rl.options()?.out.join("reward_model");
+                let out = a.rl.out.join("reward_model");
                 let (text, _) = nanbeige_engine::load::load_text(dir)?;
                 let origin = Origin { path: dir.clone(), text, eos_ids: pw.judge.lm.eos_ids.clone() };
                 pw.judge.save(&out, &origin)?;
