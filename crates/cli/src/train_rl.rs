@@ -257,6 +257,10 @@ pub struct PairwiseArgs {
     /// Pairs per group for --rm-refresh-lr.
     #[arg(long, default_value_t = 2)]
     rm_refresh_pairs: usize,
+    /// Replies giving the same final answer (numeric tasks) share the mean of their win rates, so
+    /// the advantage tells answers apart, not wordings of one answer.
+    #[arg(long)]
+    pool_answers: bool,
     #[command(flatten)]
     rl: RlArgs,
 }
@@ -273,7 +277,8 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
                 }
                 rm.enable_refresh(a.rm_refresh_lr, a.rm_refresh_pairs)?;
             }
-            let pw = Pairwise { judge: rm, watch, annotate };
+            let mut pw = Pairwise::new(rm, watch);
+            (pw.annotate, pw.pool_answers) = (annotate, a.pool_answers);
             run(&a.rl, &pw)?;
             if annotate {
                 let out = a.rl.out.join("reward_model");
@@ -289,7 +294,9 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
             if a.rm_refresh_lr > 0.0 {
                 bail!("--rm-refresh-lr needs a reward model (--rm); an LLM judge does not learn");
             }
-            run(&a.rl, &Pairwise { judge: Judge { backend: &e, max_tokens: 16 }, watch, annotate: false })
+            let mut pw = Pairwise::new(Judge { backend: &e, max_tokens: 16 }, watch);
+            pw.pool_answers = a.pool_answers;
+            run(&a.rl, &pw)
         }
         _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),
     }

@@ -9,6 +9,7 @@
 //! on other machines/engines; the policy is saved to OUT/policy every `sync_every` steps for that
 //! server to reload, and the clip bounds the drift while it lags).
 //!
+//! OUT/metrics.jsonl has a line per step, OUT/rollouts.jsonl every scored reply.
 //! Not here: the arithmetic (rl.rs), rewards (rewards.rs), held-out evaluation (`nanbeige eval`).
 
 use crate::checkpoint::{self, Origin};
@@ -330,6 +331,9 @@ pub fn train(
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let log_path = o.out.join("metrics.jsonl");
     let mut log = MetricsLog::open(&log_path, 0)?;
+    // Every reply with its reward and what went into it, one line per group: what the policy
+    // wrote at each step, and what the reward made of it.
+    let mut rollout_log = MetricsLog::open(&o.out.join("rollouts.jsonl"), 0)?;
     let t0 = Instant::now();
     let mut order = crate::data::Shuffled::new(items.len(), o.seed);
     let (mut first_reward, mut last_reward) = (f64::NAN, f64::NAN);
@@ -362,6 +366,15 @@ pub fn train(
             if samples.len() < 2 {
                 samples.push(json!({"prompt": it.messages, "reply": group[0].reply.text, "reward": rewards[0]}));
             }
+            let logged: Vec<Value> = group
+                .iter()
+                .zip(&scored)
+                .map(|(r, s)| {
+                    json!({"text": r.reply.text, "reward": s.reward, "passed": s.passed, "truncated": r.truncated,
+                        "tokens": r.completion_ids.len(), "extra": s.extra})
+                })
+                .collect();
+            rollout_log.write(&json!({"step": step, "id": it.id, "replies": logged}))?;
             let pass_flags: Vec<f64> = scored.iter().map(|s| f64::from(u8::from(s.passed))).collect();
             let useful = if !o.filter {
                 true
@@ -414,6 +427,11 @@ pub fn train(
                 batch.len(),
                 rec["kl"].as_f64().unwrap_or(0.0),
             );
+            if let Some(n) = rec["checked_pairs"].as_u64().filter(|&n| n > 0) {
+                let pooled = rec["pooled_ranked"].as_f64().map(|p| format!(", pooled {p:.2}")).unwrap_or_default();
+                let judged = rec["judge_ranked"].as_f64().unwrap_or(0.0);
+                eprintln!("  checker's (right, wrong) pairs: {n}, judge ranked {judged:.2} right{pooled}");
+            }
             if let Some(n) = rec["rm_pairs"].as_u64().filter(|&n| n > 0) {
                 let acc = rec["rm_accuracy"].as_f64().unwrap_or(0.0);
                 eprintln!("  reward model refreshed on {n} pairs, ranked {acc:.2} right before");

@@ -14,6 +14,7 @@ use nanbeige_eval::backend::Reply;
 use nanbeige_eval::items::{Gold, Item};
 use nanbeige_eval::{runner, score};
 use serde_json::{json, Value};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// One reply's reward and what went into it.
@@ -121,31 +122,97 @@ pub trait Preference: Sync {
 /// every reply, for the logged pass rate: how a held-out judge sees the policy while it trains,
 /// which is where reward hacking shows first. It never enters this group's reward; with `annotate`
 /// its labels go to `judge.learn` after the group is scored (online reward-model refresh: the
-/// checker as the annotator of the policy's own samples).
+/// checker as the annotator of the policy's own samples), and the step's log says how often the
+/// judge ranked the checker's right replies above its wrong ones.
+/// With `pool_answers`, replies that give the same final answer (numeric tasks) share the mean of
+/// their win rates: the judge's noise and its taste in wording average out inside an answer, so
+/// the advantage only tells answers apart, not styles of writing the same one.
 pub struct Pairwise<P: Preference> {
     pub judge: P,
     pub watch: Option<Verifiable>,
     pub annotate: bool,
+    pub pool_answers: bool,
+    /// This step's checker-labelled (right, wrong) pairs: ranked right by the judge, by the
+    /// pooled reward, and how many.
+    ranked: Mutex<(f64, f64, usize)>,
+}
+
+impl<P: Preference> Pairwise<P> {
+    pub fn new(judge: P, watch: Option<Verifiable>) -> Self {
+        Pairwise { judge, watch, annotate: false, pool_answers: false, ranked: Mutex::new((0.0, 0.0, 0)) }
+    }
+}
+
+/// The final answer a reply gives, when the task has one to compare (numbers); None otherwise.
+pub fn answer_key(item: &Item, r: &Reply) -> Option<String> {
+    match item.gold {
+        Gold::Number(_) => score::extract_number(&r.text),
+        _ => None,
+    }
+}
+
+/// Replies with the same `Some` key get the mean of their values; the others keep their own.
+pub fn pool_by_key(values: &[f64], keys: &[Option<String>]) -> Vec<f64> {
+    values
+        .iter()
+        .zip(keys)
+        .map(|(&v, k)| match k {
+            None => v,
+            Some(k) => {
+                let same: Vec<f64> = values.iter().zip(keys).filter(|(_, o)| o.as_ref() == Some(k)).map(|(v, _)| *v).collect();
+                same.iter().sum::<f64>() / same.len() as f64
+            }
+        })
+        .collect()
+}
+
+/// Over every (right, wrong) pair of labelled replies: the share `values` ranks right (a tie
+/// counts half), and the number of pairs.
+pub fn ranked_right(values: &[f64], labels: &[Option<bool>]) -> (f64, usize) {
+    let (mut right, mut n) = (0.0, 0);
+    for (i, li) in labels.iter().enumerate() {
+        for (j, lj) in labels.iter().enumerate() {
+            if *li == Some(true) && *lj == Some(false) {
+                n += 1;
+                right += match values[i].partial_cmp(&values[j]) {
+                    Some(std::cmp::Ordering::Greater) => 1.0,
+                    Some(std::cmp::Ordering::Equal) => 0.5,
+                    _ => 0.0,
+                };
+            }
+        }
+    }
+    (right, n)
 }
 
 impl<P: Preference> GroupReward for Pairwise<P> {
     fn score(&self, item: &Item, replies: &[Reply]) -> Result<Vec<Scored>> {
-        let w = match self.judge.rewards(item, replies)? {
+        let raw = match self.judge.rewards(item, replies)? {
             Some(r) => rl::win_rates(replies.len(), |i, j| Ok(1.0 / (1.0 + (r[j] - r[i]).exp())))?,
             None => rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?,
         };
-        let mut out: Vec<Scored> =
-            w.into_iter().map(|r| Scored { reward: r, passed: false, extra: json!({"win_rate": r}) }).collect();
+        let keys: Vec<Option<String>> = replies.iter().map(|r| answer_key(item, r)).collect();
+        let w = if self.pool_answers { pool_by_key(&raw, &keys) } else { raw.clone() };
+        let mut out: Vec<Scored> = w
+            .iter()
+            .zip(&raw)
+            .zip(&keys)
+            .map(|((&r, &wr), k)| Scored { reward: r, passed: false, extra: json!({"win_rate": wr, "answer": k}) })
+            .collect();
         if let Some(checker) = &self.watch {
             for (s, r) in out.iter_mut().zip(replies) {
                 let c = checker.one(item, r)?;
                 s.passed = c.passed;
                 s.extra["checker"] = c.extra;
             }
+            // A reply cut at the token limit gets no label, as in pairs_from_eval.py.
+            let labels: Vec<Option<bool>> =
+                out.iter().zip(replies).map(|(s, r)| (r.finish_reason != "length").then_some(s.passed)).collect();
+            let ((judge_right, n), (pooled_right, _)) = (ranked_right(&raw, &labels), ranked_right(&w, &labels));
+            let mut st = self.ranked.lock().unwrap_or_else(|e| e.into_inner());
+            *st = (st.0 + judge_right, st.1 + pooled_right, st.2 + n);
+            drop(st);
             if self.annotate {
-                // A reply cut at the token limit gets no label, as in pairs_from_eval.py.
-                let labels: Vec<Option<bool>> =
-                    out.iter().zip(replies).map(|(s, r)| (r.finish_reason != "length").then_some(s.passed)).collect();
                 self.judge.learn(item, replies, &labels)?;
             }
         }
@@ -157,7 +224,20 @@ impl<P: Preference> GroupReward for Pairwise<P> {
     }
 
     fn step_stats(&self) -> Option<Value> {
-        self.judge.drain_stats()
+        let mut m = match self.judge.drain_stats() {
+            Some(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (judge_right, pooled_right, n) = std::mem::take(&mut *self.ranked.lock().unwrap_or_else(|e| e.into_inner()));
+        if self.watch.is_some() {
+            let share = |r: f64| if n > 0 { json!(r / n as f64) } else { Value::Null };
+            m.insert("checked_pairs".into(), json!(n));
+            m.insert("judge_ranked".into(), share(judge_right));
+            if self.pool_answers {
+                m.insert("pooled_ranked".into(), share(pooled_right));
+            }
+        }
+        (!m.is_empty()).then_some(Value::Object(m))
     }
 }
 
@@ -225,5 +305,54 @@ mod tests {
         assert_eq!(parse_verdict("Answer B is better."), 0.0);
         assert_eq!(parse_verdict("Both A and B"), 0.5);
         assert_eq!(parse_verdict("neither"), 0.5);
+    }
+
+    /// Prefers the longer reply: a judge with a taste in wording and no idea of the answer.
+    struct Longer;
+    impl Preference for Longer {
+        fn prefer(&self, _: &Item, a: &Reply, b: &Reply) -> Result<f64> {
+            Ok(match a.text.len().cmp(&b.text.len()) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Less => 0.0,
+                std::cmp::Ordering::Equal => 0.5,
+            })
+        }
+    }
+
+    #[test]
+    fn pooling_and_ranking_by_hand() {
+        let k = |s: &str| Some(s.to_string());
+        let keys = [k("7"), None, k("7"), k("9")];
+        assert_eq!(pool_by_key(&[0.2, 0.9, 0.6, 0.3], &keys), vec![0.4, 0.9, 0.4, 0.3]);
+        // Right replies 0 and 2 against wrong 3 (1 has no label): 0.2 < 0.3, 0.6 > 0.3.
+        let labels = [Some(true), None, Some(true), Some(false)];
+        assert_eq!(ranked_right(&[0.2, 0.9, 0.6, 0.3], &labels), (1.0, 2));
+        assert_eq!(ranked_right(&[0.3, 0.0, 0.3, 0.3], &labels), (1.0, 2), "ties count half");
+    }
+
+    #[test]
+    fn pooled_win_rates_tell_answers_apart_not_wordings() {
+        let item = nanbeige_eval::items::item(&json!({"question": "3 + 4?", "answer": "7"}), nanbeige_eval::items::Kind::Math)
+            .unwrap();
+        let texts = ["The answer is 7", "so it is 7", "It is 8", "After a long wait, the answer is 8"];
+        let replies: Vec<Reply> = texts.iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
+        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: Duration::from_secs(5) };
+        let plain = Pairwise::new(Longer, Some(checker.clone()));
+        let r: Vec<f64> = plain.score(&item, &replies).unwrap().iter().map(|s| s.reward).collect();
+        // Lengths 15, 10, 8, 34: win rates by length alone; the long wrong reply wins.
+        assert_eq!(r, vec![2.0 / 3.0, 1.0 / 3.0, 0.0, 1.0]);
+        let st = plain.step_stats().unwrap();
+        assert_eq!((st["checked_pairs"].as_u64(), st["judge_ranked"].as_f64()), (Some(4), Some(0.5)));
+        assert!(st.get("pooled_ranked").is_none());
+        let mut pooled = Pairwise::new(Longer, Some(checker));
+        pooled.pool_answers = true;
+        let s = pooled.score(&item, &replies).unwrap();
+        let p: Vec<f64> = s.iter().map(|s| s.reward).collect();
+        assert_eq!(p, vec![0.5, 0.5, 0.5, 0.5], "each answer's mean win rate is 1/2 here");
+        assert_eq!(s[3].extra["answer"], "8");
+        assert_eq!(s[3].extra["win_rate"], 1.0, "the judge's own win rate stays in the log");
+        let st = pooled.step_stats().unwrap();
+        assert_eq!(st["pooled_ranked"].as_f64(), Some(0.5));
+        assert!((p.iter().sum::<f64>() - r.iter().sum::<f64>()).abs() < 1e-12, "pooling keeps the group's total");
     }
 }

@@ -63,6 +63,23 @@ fn letter_e_run(d: &Path, o: GrpoOptions) -> (f64, f64, nanbeige_engine::LoadedM
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(log.len(), 30);
+    // Every scored reply is logged, and the step's mean reward is theirs.
+    let groups: Vec<serde_json::Value> = std::fs::read_to_string(o.out.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(groups.len(), 30 * o.prompts_per_step);
+    for (step, rec) in log.iter().enumerate() {
+        let rs: Vec<f64> = groups
+            .iter()
+            .filter(|g| g["step"] == step)
+            .flat_map(|g| g["replies"].as_array().unwrap().iter().map(|r| r["reward"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(rs.len(), o.prompts_per_step * o.group);
+        let m = rs.iter().sum::<f64>() / rs.len() as f64;
+        assert!((m - rec["reward"].as_f64().unwrap()).abs() < 1e-9, "step {step}: {m} vs {}", rec["reward"]);
+    }
     let mean = |r: &[serde_json::Value]| r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
     (mean(&log[..5]), mean(&log[25..]), lm)
 }
@@ -172,15 +189,15 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     let item = items::item(&json!({"question": "dog says?", "answer": "1"}), Kind::Math).unwrap();
     let replies: Vec<Reply> =
         ["meow", "woof", "moo"].iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
-    let w = Pairwise { judge: loaded, watch: None, annotate: false }.score(&item, &replies).unwrap();
+    let w = Pairwise::new(loaded, None).score(&item, &replies).unwrap();
     assert!(w[1].reward > w[0].reward && w[1].reward > w[2].reward, "{:?}", w.iter().map(|s| s.reward).collect::<Vec<_>>());
     // Watching with the checker marks which replies pass (the answer is 1) and leaves the rewards alone.
     let loaded = RewardModel::load(&out).unwrap();
     let mut replies = replies;
     replies.push(Reply { text: "woof, so the answer is 1".into(), ..Default::default() });
-    let plain = Pairwise { judge: loaded, watch: None, annotate: false }.score(&item, &replies).unwrap();
+    let plain = Pairwise::new(loaded, None).score(&item, &replies).unwrap();
     let checker = Verifiable { format_weight: 0.1, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
-    let watched = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: Some(checker.clone()), annotate: false }
+    let watched = Pairwise::new(RewardModel::load(&out).unwrap(), Some(checker.clone()))
         .score(&item, &replies)
         .unwrap();
     assert_eq!(watched.iter().map(|s| s.passed).collect::<Vec<_>>(), [false, false, false, true]);
@@ -193,12 +210,13 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     replies[3].text = "moo, so the answer is 1".into();
     // A reply cut at the token limit gets no label: only (3, 1) and (3, 2) are pairs.
     replies[0].finish_reason = "length".into();
-    let frozen = Pairwise { judge: RewardModel::load(&out).unwrap(), watch: None, annotate: false };
+    let frozen = Pairwise::new(RewardModel::load(&out).unwrap(), None);
     let before = frozen.score(&item, &replies).unwrap();
     assert!(before[1].reward > before[3].reward, "the test needs the model to disagree with the checker first");
     let mut judge = RewardModel::load(&out).unwrap();
     judge.enable_refresh(1e-3, 4).unwrap();
-    let online = Pairwise { judge, watch: Some(checker), annotate: true };
+    let mut online = Pairwise::new(judge, Some(checker));
+    online.annotate = true;
     let first = online.score(&item, &replies).unwrap();
     for (a, b) in before.iter().zip(&first) {
         // (Trainable weights take candle's differentiable path: equal up to float rounding.)
@@ -207,6 +225,9 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     let st = online.step_stats().unwrap();
     assert_eq!(st["rm_pairs"], 2);
     assert!(st["rm_accuracy"].as_f64().unwrap() <= 0.5, "woof over moo is ranked wrong: {st}");
+    // The watched ranking counts the same two (right, wrong) pairs the refresh learnt from.
+    assert_eq!(st["checked_pairs"], 2);
+    assert_eq!(st["judge_ranked"], st["rm_accuracy"], "{st}");
     let mut last = first;
     for _ in 0..15 {
         last = online.score(&item, &replies).unwrap();
