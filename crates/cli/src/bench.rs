@@ -175,7 +175,8 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
             },
             "machine": {
                 "cpu": cpu.model, "logical_cpus": cpu.logical_cpus, "threads": threads,
-                "features": cpu.features, "kernel_path": cpu.kernel_path, "prefetch_bytes": cpu.prefetch_bytes, "amx_used": cpu.amx_used,
+                "features": cpu.features, "kernel_path": cpu.kernel_path, "prefetch_bytes": cpu.prefetch_bytes,
+                "decode_streams": cpu.decode_streams, "amx_used": cpu.amx_used,
                 "read_bandwidth_bytes_per_sec": bandwidth,
                 "read_bandwidth_1_thread_bytes_per_sec": bandwidth_1,
             },
@@ -200,7 +201,7 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         gb(weights.per_token as f64)
     );
     println!(
-        "machine  {} ({} logical CPUs), {threads} threads; {}; kernels: {}, {}; AMX never used",
+        "machine  {} ({} logical CPUs), {threads} threads; {}; kernels: {}, {}, {} weight stream(s) per core in decode; AMX never used",
         cpu.model.as_deref().unwrap_or("unknown CPU"),
         cpu.logical_cpus,
         cpu.features.join(" "),
@@ -208,7 +209,8 @@ pub fn bench(mut a: BenchArgs) -> Result<()> {
         match cpu.prefetch_bytes {
             0 => "no software prefetch".to_string(),
             b => format!("prefetch {b} bytes ahead"),
-        }
+        },
+        cpu.decode_streams
     );
     let rss = peak_rss.map(|b| format!("{:.2} GB", gb(b as f64))).unwrap_or_else(|| "unknown".into());
     println!(

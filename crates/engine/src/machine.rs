@@ -15,6 +15,8 @@ pub struct CpuInfo {
     pub kernel_path: &'static str,
     /// How far ahead (bytes) the matrix kernels prefetch their weights; 0 when they do not.
     pub prefetch_bytes: usize,
+    /// Weight streams each core reads at once in decode matmuls (1 or 2).
+    pub decode_streams: usize,
     /// AMX is never used: on these machines AMX instructions fault although the CPU flags list it.
     pub amx_used: bool,
 }
@@ -32,6 +34,7 @@ pub fn cpu_info() -> CpuInfo {
         features: simd_features(),
         kernel_path: nanbeige_kernels::active_isa().name(),
         prefetch_bytes: nanbeige_kernels::prefetch_distance(),
+        decode_streams: nanbeige_kernels::decode_streams(),
         amx_used: false,
     }
 }

@@ -8,10 +8,10 @@
 //!
 //! `--copies 1 --shape 512,2560` keeps the weights in cache: the kernel's compute speed alone.
 //! `--decode-sim` times the matmuls of one whole decode step (32 layers + a Q6_K head) back to
-//! back, next to the machine's read bandwidth.
+//! back, next to the machine's read bandwidth, with one and with two weight streams per core.
 
 use half::bf16;
-use nanbeige_kernels::{matmul_float_isa, matmul_isa, supported_isas, Format, FloatWeights, Isa, PackedMatrix};
+use nanbeige_kernels::{matmul_float_isa, matmul_isa, matmul_streams_isa, supported_isas, Format, FloatWeights, Isa, PackedMatrix};
 use std::time::Instant;
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -76,25 +76,32 @@ fn simulate_decode(f: Format, isa: Isa) {
     let bytes: usize = mats.iter().map(|m| m.size_in_bytes()).sum();
     let x: Vec<f32> = random_bytes(10496, 3).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();
     let mut y = vec![0f32; 166144];
-    let secs = time(
-        || {
-            for m in &mats {
-                matmul_isa(isa, m, &x[..m.k()], 1, &mut y[..m.n()]);
-            }
-        },
-        3.0,
-    );
-    let cpu = *CPU_PER_ITER.lock().unwrap();
-    println!(
-        "decode step ({} layers + Q6_K head, {:.2} GB): {:.1} ms = {:.2} tok/s, {:.1} GB/s ({:.0}% of {} cores busy)",
-        f.name(),
-        bytes as f64 / 1e9,
-        secs * 1e3,
-        1.0 / secs,
-        bytes as f64 / secs / 1e9,
-        100.0 * cpu / secs / rayon::current_num_threads() as f64,
-        rayon::current_num_threads()
-    );
+    // One and two weight streams per core (dispatch::decode_streams), alternated on the same
+    // matrices, first one then the other, so that the machine's drift hits both alike.
+    for round in 0..4 {
+        println!("read bandwidth (2 threads, 256 MiB): {:.1} GB/s", read_bandwidth());
+        for streams in if round % 2 == 0 { [1, 2] } else { [2, 1] } {
+            let secs = time(
+                || {
+                    for m in &mats {
+                        matmul_streams_isa(isa, streams, m, &x[..m.k()], 1, &mut y[..m.n()]);
+                    }
+                },
+                3.0,
+            );
+            let cpu = *CPU_PER_ITER.lock().unwrap();
+            println!(
+                "round {round}, {streams} stream(s): decode step ({} layers + Q6_K head, {:.2} GB): {:.1} ms = {:.2} tok/s, {:.1} GB/s ({:.0}% of {} cores busy)",
+                f.name(),
+                bytes as f64 / 1e9,
+                secs * 1e3,
+                1.0 / secs,
+                bytes as f64 / secs / 1e9,
+                100.0 * cpu / secs / rayon::current_num_threads() as f64,
+                rayon::current_num_threads()
+            );
+        }
+    }
 }
 
 /// CPU seconds (user + system) this process has used: on a shared machine, throughput per CPU
@@ -156,10 +163,7 @@ fn main() {
     }
     if decode_sim {
         let f = formats.first().map(|n| *Format::ALL.iter().find(|f| f.name() == n).expect("format")).unwrap_or(Format::Q4_0);
-        for _ in 0..3 {
-            println!("read bandwidth (2 threads, 256 MiB): {:.1} GB/s", read_bandwidth());
-            simulate_decode(f, *isas.last().unwrap());
-        }
+        simulate_decode(f, *isas.last().unwrap());
         return;
     }
     let all = Format::ALL.iter().map(|f| f.name().to_string()).chain(["BF16".to_string()]);

@@ -116,61 +116,127 @@ unsafe fn widen_six_bit(p: *const u8, dst: *mut u8) {
     _mm512_storeu_si512(dst.add(64) as *mut _, _mm512_ternarylogic_epi32::<0xD8>(hi, hb, m30));
 }
 
-/// 32-element formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+/// One q32 tile's weight codes as 8 vectors: `wv[c]` holds elements 4c..4c+4 of the 16 rows.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+unsafe fn q32_codes<const F: u8>(t: *const u8) -> [__m512i; 8] {
     let f = format_of(F);
-    let lay = Tile::of(f);
-    let tb = f.tile_bytes();
-    let has_min = F == Q4_1 || F == Q5_1;
     let five = F == Q5_0 || F == Q5_1;
-    let k = a.k;
     let low4 = _mm512_set1_epi8(0x0F);
     let sixteen = _mm512_set1_epi8(16);
-    let mut acc = [_mm512_setzero_ps(); MT];
-    let pd = prefetch_distance();
-    for b in 0..blocks {
-        let t = w.add(b * tb);
-        if pd != 0 {
-            prefetch_l2(t.wrapping_add(pd), tb);
+    let mut wv = [_mm512_setzero_si512(); 8];
+    if F == Q8_0 {
+        for (i, v) in wv.iter_mut().enumerate() {
+            *v = load(t.add(qs_at(f, i)));
         }
-        let dw = load_f16x16(t.add(lay.d));
-        // wv[c]: elements 4c..4c+4 of the 16 rows.
-        let mut wv = [_mm512_setzero_si512(); 8];
-        if F == Q8_0 {
-            for (i, v) in wv.iter_mut().enumerate() {
-                *v = load(t.add(qs_at(f, i)));
-            }
-        } else {
-            for i in 0..4 {
-                let v = load(t.add(qs_at(f, i)));
-                wv[i] = _mm512_and_si512(v, low4);
-                wv[4 + i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low4);
-                if five {
-                    let mask = |v: usize| (t.add(hb_at(f, v)) as *const u64).read_unaligned();
-                    wv[i] = _mm512_mask_add_epi8(wv[i], mask(2 * i), wv[i], sixteen);
-                    wv[4 + i] = _mm512_mask_add_epi8(wv[4 + i], mask(2 * i + 1), wv[4 + i], sixteen);
-                }
-            }
-        }
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let row = row0 + j;
-            let ib = row * (k / 32) + b;
-            let aq = a.qs.as_ptr().add(row * k + 32 * b);
-            let mut s = if has_min { _mm512_setzero_si512() } else { _mm512_set1_epi32(*a.bias.get_unchecked(ib)) };
-            for (c, v) in wv.iter().enumerate() {
-                s = _mm512_dpbusd_epi32(s, *v, bcast_i32(aq.add(4 * c)));
-            }
-            let da = _mm512_set1_ps(*a.d.get_unchecked(ib));
-            *acc = _mm512_fmadd_ps(dw, _mm512_mul_ps(_mm512_cvtepi32_ps(s), da), *acc);
-            if has_min {
-                let mw = load_f16x16(t.add(lay.m));
-                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.s.get_unchecked(ib)), *acc);
+    } else {
+        for i in 0..4 {
+            let v = load(t.add(qs_at(f, i)));
+            wv[i] = _mm512_and_si512(v, low4);
+            wv[4 + i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low4);
+            if five {
+                let mask = |v: usize| (t.add(hb_at(f, v)) as *const u64).read_unaligned();
+                wv[i] = _mm512_mask_add_epi8(wv[i], mask(2 * i), wv[i], sixteen);
+                wv[4 + i] = _mm512_mask_add_epi8(wv[4 + i], mask(2 * i + 1), wv[4 + i], sixteen);
             }
         }
     }
+    wv
+}
+
+/// `acc` plus one activation row's products with one q32 tile (block `b`), codes from `q32_codes`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q32_row<const F: u8>(t: *const u8, wv: &[__m512i; 8], a: &Acts, row: usize, b: usize, acc: __m512) -> __m512 {
+    let lay = Tile::of(format_of(F));
+    let has_min = F == Q4_1 || F == Q5_1;
+    let ib = row * (a.k / 32) + b;
+    let aq = a.qs.as_ptr().add(row * a.k + 32 * b);
+    let mut s = if has_min { _mm512_setzero_si512() } else { _mm512_set1_epi32(*a.bias.get_unchecked(ib)) };
+    for (c, v) in wv.iter().enumerate() {
+        s = _mm512_dpbusd_epi32(s, *v, bcast_i32(aq.add(4 * c)));
+    }
+    let dw = load_f16x16(t.add(lay.d));
+    let da = _mm512_set1_ps(*a.d.get_unchecked(ib));
+    let mut acc = _mm512_fmadd_ps(dw, _mm512_mul_ps(_mm512_cvtepi32_ps(s), da), acc);
+    if has_min {
+        let mw = load_f16x16(t.add(lay.m));
+        acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.s.get_unchecked(ib)), acc);
+    }
+    acc
+}
+
+/// 32-element formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q32<const F: u8, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+    let tb = format_of(F).tile_bytes();
+    let mut acc = [_mm512_setzero_ps(); MT];
+    let pd = prefetch_distance();
+    for b in 0..blocks {
+        q32_block::<F, MT>(w.add(b * tb), b, a, row0, &mut acc, pd);
+    }
+    store(&acc, out);
+}
+
+/// One q32 tile (block `b`) against MT activation rows from `row0`, added to `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q32_block<const F: u8, const MT: usize>(
+    t: *const u8,
+    b: usize,
+    a: &Acts,
+    row0: usize,
+    acc: &mut [__m512; MT],
+    pd: usize,
+) {
+    if pd != 0 {
+        prefetch_l2(t.wrapping_add(pd), format_of(F).tile_bytes());
+    }
+    let wv = q32_codes::<F>(t);
+    for (j, acc) in acc.iter_mut().enumerate() {
+        *acc = q32_row::<F>(t, &wv, a, row0 + j, b, *acc);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn store<const MT: usize>(acc: &[__m512; MT], out: &mut [[f32; 16]]) {
     for (j, acc) in acc.iter().enumerate() {
         _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    }
+}
+
+/// Decode (one activation row) against two 16-row groups in lockstep, tile by tile: each core
+/// then reads two weight streams at once, which its prefetchers keep further ahead than one
+/// (docs/PERFORMANCE.md). Each group's arithmetic is exactly `tile`'s.
+/// Safety: as `tile`, with `row` an activation row and g0, g1 groups of `w`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+pub unsafe fn tile_two(w: &PackedMatrix, g0: usize, g1: usize, a: &Acts, row: usize, out: &mut [[f32; 16]; 2]) {
+    let (p0, p1, nb) = (w.group_ptr(g0), w.group_ptr(g1), w.blocks());
+    let tb = w.format().tile_bytes();
+    let pd = prefetch_distance();
+    let mut wide = Wide([0; 256]);
+    let sm = wide.0.as_mut_ptr();
+    macro_rules! lockstep {
+        ($blk:ident [$($c:tt),*] $(, $extra:expr)*) => {{
+            let mut acc = [[_mm512_setzero_ps(); 1]; 2];
+            for b in 0..nb {
+                $blk::<$($c,)* 1>(p0.add(b * tb), b, a, row, &mut acc[0] $(, $extra)*, pd);
+                $blk::<$($c,)* 1>(p1.add(b * tb), b, a, row, &mut acc[1] $(, $extra)*, pd);
+            }
+            store(&acc[0], &mut out[..1]);
+            store(&acc[1], &mut out[1..]);
+        }};
+    }
+    match w.format() {
+        Format::Q4_0 => lockstep!(q32_block[Q4_0]),
+        Format::Q4_1 => lockstep!(q32_block[Q4_1]),
+        Format::Q5_0 => lockstep!(q32_block[Q5_0]),
+        Format::Q5_1 => lockstep!(q32_block[Q5_1]),
+        Format::Q8_0 => lockstep!(q32_block[Q8_0]),
+        Format::Q4K => lockstep!(q45k_block[false], sm),
+        Format::Q5K => lockstep!(q45k_block[true], sm),
+        Format::Q6K => lockstep!(q6k_block []),
     }
 }
 
@@ -180,88 +246,115 @@ struct Wide([u8; 256]);
 /// Q4_K (FIVE = false) and Q5_K: 8 sub-blocks of 32 with 6-bit scales and minimums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q45k<const FIVE: bool, const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
-    let f = if FIVE { Format::Q5K } else { Format::Q4K };
-    let lay = Tile::of(f);
-    let tb = f.tile_bytes();
-    let k = a.k;
-    let low4 = _mm512_set1_epi8(0x0F);
-    let sixteen = _mm512_set1_epi8(16);
+    let tb = if FIVE { Format::Q5K } else { Format::Q4K }.tile_bytes();
     let mut acc = [_mm512_setzero_ps(); MT];
     // Widened scales (bytes 0..128, [sub-block][row]) and minimums (128..256).
     let mut wide = Wide([0; 256]);
     let sm = wide.0.as_mut_ptr();
     let pd = prefetch_distance();
     for b in 0..blocks {
-        let t = w.add(b * tb);
-        widen_six_bit(t.add(lay.sc), sm);
-        widen_six_bit(t.add(lay.mn), sm.add(128));
-        let mut tot = [_mm512_setzero_si512(); MT];
-        for jj in 0..4 {
-            // A quarter of the tile ahead per quarter done: a burst of a whole Q4_K tile's 36
-            // requests at once would hold the line-fill buffers the demand loads need.
-            if pd != 0 {
-                prefetch_l2(t.wrapping_add(pd + jj * tb / 4), tb / 4);
-            }
-            // Sub-blocks 2jj and 2jj + 1: the low and high nibbles of pieces 8jj..8jj+8, each
-            // piece loaded once. Q4_K keeps the high nibble in place (16 x code, still a valid
-            // u8 operand) and divides the int32 sum by 16 afterwards, exactly: one op per vector
-            // instead of a shift and a mask (the kernel is bound by vector ALU throughput).
-            let sc0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj) as *const __m128i));
-            let sc1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj + 16) as *const __m128i));
-            let mut lo = [_mm512_setzero_si512(); 8];
-            let mut hi = [_mm512_setzero_si512(); 8];
-            for c in 0..8 {
-                let i = 8 * jj + c;
-                let raw = load(t.add(qs_at(f, i)));
-                lo[c] = _mm512_and_si512(raw, low4);
-                if FIVE {
-                    hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
-                    let m0 = (t.add(hb_at(f, 2 * i)) as *const u64).read_unaligned();
-                    let m1 = (t.add(hb_at(f, 2 * i + 1)) as *const u64).read_unaligned();
-                    lo[c] = _mm512_mask_add_epi8(lo[c], m0, lo[c], sixteen);
-                    hi[c] = _mm512_mask_add_epi8(hi[c], m1, hi[c], sixteen);
-                } else {
-                    hi[c] = _mm512_andnot_si512(low4, raw);
-                }
-            }
-            for (j, tot) in tot.iter_mut().enumerate() {
-                let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 64 * jj);
-                let (mut i0, mut i1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                for c in 0..8 {
-                    i0 = _mm512_dpbusd_epi32(i0, lo[c], bcast_i32(aq.add(4 * c)));
-                    i1 = _mm512_dpbusd_epi32(i1, hi[c], bcast_i32(aq.add(32 + 4 * c)));
-                }
-                if !FIVE {
-                    i1 = _mm512_srai_epi32::<4>(i1);
-                }
-                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i0, sc0));
-                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i1, sc1));
+        q45k_block::<FIVE, MT>(w.add(b * tb), b, a, row0, &mut acc, sm, pd);
+    }
+    store(&acc, out);
+}
+
+/// One Q4_K/Q5_K tile (block `b`) against MT activation rows from `row0`, added to `acc`; `sm`
+/// is 256 bytes of scratch for the widened scales and minimums.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q45k_block<const FIVE: bool, const MT: usize>(
+    t: *const u8,
+    b: usize,
+    a: &Acts,
+    row0: usize,
+    acc: &mut [__m512; MT],
+    sm: *mut u8,
+    pd: usize,
+) {
+    let f = if FIVE { Format::Q5K } else { Format::Q4K };
+    let lay = Tile::of(f);
+    let tb = f.tile_bytes();
+    let k = a.k;
+    let low4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    widen_six_bit(t.add(lay.sc), sm);
+    widen_six_bit(t.add(lay.mn), sm.add(128));
+    let mut tot = [_mm512_setzero_si512(); MT];
+    for jj in 0..4 {
+        // A quarter of the tile ahead per quarter done: a burst of a whole Q4_K tile's 36
+        // requests at once would hold the line-fill buffers the demand loads need.
+        if pd != 0 {
+            prefetch_l2(t.wrapping_add(pd + jj * tb / 4), tb / 4);
+        }
+        // Sub-blocks 2jj and 2jj + 1: the low and high nibbles of pieces 8jj..8jj+8, each
+        // piece loaded once. Q4_K keeps the high nibble in place (16 x code, still a valid
+        // u8 operand) and divides the int32 sum by 16 afterwards, exactly: one op per vector
+        // instead of a shift and a mask (the kernel is bound by vector ALU throughput).
+        let sc0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj) as *const __m128i));
+        let sc1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(sm.add(32 * jj + 16) as *const __m128i));
+        let mut lo = [_mm512_setzero_si512(); 8];
+        let mut hi = [_mm512_setzero_si512(); 8];
+        for c in 0..8 {
+            let i = 8 * jj + c;
+            let raw = load(t.add(qs_at(f, i)));
+            lo[c] = _mm512_and_si512(raw, low4);
+            if FIVE {
+                hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
+                let m0 = (t.add(hb_at(f, 2 * i)) as *const u64).read_unaligned();
+                let m1 = (t.add(hb_at(f, 2 * i + 1)) as *const u64).read_unaligned();
+                lo[c] = _mm512_mask_add_epi8(lo[c], m0, lo[c], sixteen);
+                hi[c] = _mm512_mask_add_epi8(hi[c], m1, hi[c], sixteen);
+            } else {
+                hi[c] = _mm512_andnot_si512(low4, raw);
             }
         }
-        let d = load_f16x16(t.add(lay.d));
-        let dmin = load_f16x16(t.add(lay.m));
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let row = row0 + j;
-            // sum over sub-blocks of min * sum(codes), two sub-blocks per vpdpwssd.
-            let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
-            let mut mins = _mm512_setzero_si512();
-            for pair in 0..4 {
-                let mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sm.add(128 + 32 * pair) as *const __m256i));
-                mins = _mm512_dpwssd_epi32(mins, mn, _mm512_set1_epi32(bs.add(pair).read_unaligned()));
+        for (j, tot) in tot.iter_mut().enumerate() {
+            let aq = a.qs.as_ptr().add((row0 + j) * k + 256 * b + 64 * jj);
+            let (mut i0, mut i1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for c in 0..8 {
+                i0 = _mm512_dpbusd_epi32(i0, lo[c], bcast_i32(aq.add(4 * c)));
+                i1 = _mm512_dpbusd_epi32(i1, hi[c], bcast_i32(aq.add(32 + 4 * c)));
             }
-            let da = _mm512_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
-            *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
-            *acc = _mm512_fnmadd_ps(dmin, _mm512_mul_ps(_mm512_cvtepi32_ps(mins), da), *acc);
+            if !FIVE {
+                i1 = _mm512_srai_epi32::<4>(i1);
+            }
+            *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i0, sc0));
+            *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(i1, sc1));
         }
     }
-    for (j, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    let d = load_f16x16(t.add(lay.d));
+    let dmin = load_f16x16(t.add(lay.m));
+    for (j, acc) in acc.iter_mut().enumerate() {
+        let row = row0 + j;
+        // sum over sub-blocks of min * sum(codes), two sub-blocks per vpdpwssd.
+        let bs = a.bs32.as_ptr().add(row * (k / 32) + 8 * b) as *const i32;
+        let mut mins = _mm512_setzero_si512();
+        for pair in 0..4 {
+            let mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256(sm.add(128 + 32 * pair) as *const __m256i));
+            mins = _mm512_dpwssd_epi32(mins, mn, _mm512_set1_epi32(bs.add(pair).read_unaligned()));
+        }
+        let da = _mm512_set1_ps(*a.d.get_unchecked(row * (k / 256) + b));
+        *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
+        *acc = _mm512_fnmadd_ps(dmin, _mm512_mul_ps(_mm512_cvtepi32_ps(mins), da), *acc);
     }
 }
 
 /// Q6_K: 16 sub-blocks of 16 with int8 scales; codes are 4 low bits + 2 high bits, offset 32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
+    let tb = Format::Q6K.tile_bytes();
+    let mut acc = [_mm512_setzero_ps(); MT];
+    let pd = prefetch_distance();
+    for b in 0..blocks {
+        q6k_block::<MT>(w.add(b * tb), b, a, row0, &mut acc, pd);
+    }
+    store(&acc, out);
+}
+
+/// One Q6_K tile (block `b`) against MT activation rows from `row0`, added to `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q6k_block<const MT: usize>(t: *const u8, b: usize, a: &Acts, row0: usize, acc: &mut [__m512; MT], pd: usize) {
     let lay = Tile::of(Format::Q6K);
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
@@ -269,55 +362,47 @@ unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usiz
     let hi2 = _mm512_set1_epi8(0x30);
     // (l & 0x0F) | (h & 0x30), h's other bits already cleared.
     let code = |l: __m512i, h: __m512i| _mm512_ternarylogic_epi32::<0xEC>(l, _mm512_and_si512(h, hi2), low4);
-    let mut acc = [_mm512_setzero_ps(); MT];
-    let pd = prefetch_distance();
-    for b in 0..blocks {
-        let t = w.add(b * tb);
-        let mut tot = [_mm512_setzero_si512(); MT];
-        // Quarter q = 2h + cg covers elements 128h + 32tt + 16cg + (0..16) for tt = 0..3, i.e.
-        // sub-blocks 8h + 2tt + cg; chunk c = 4cg + c4 of half h.
-        for q in 0..4 {
-            let (h, cg) = (q / 2, q % 2);
-            // codes[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 16 rows.
-            let mut codes = [[_mm512_setzero_si512(); 4]; 4];
-            for (c4, cv) in codes.iter_mut().enumerate() {
-                // A sixteenth of the tile ahead per sixteenth done (see q45k).
-                if pd != 0 {
-                    prefetch_l2(t.wrapping_add(pd + (4 * q + c4) * tb / 16), tb / 16);
-                }
-                let c = 4 * cg + c4;
-                let hv = load(t.add(q6k_qh_at(8 * h + c)));
-                let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c)));
-                let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c)));
-                // High bits tt sit at bits 2tt..2tt+1 of each qh byte; move them to bits 4..5
-                // (16-bit shifts: bits crossing into the next byte are masked off).
-                cv[0] = code(l0, _mm512_slli_epi16::<4>(hv));
-                cv[1] = code(l1, _mm512_slli_epi16::<2>(hv));
-                cv[2] = code(_mm512_srli_epi16::<4>(l0), hv);
-                cv[3] = code(_mm512_srli_epi16::<4>(l1), _mm512_srli_epi16::<2>(hv));
+    let mut tot = [_mm512_setzero_si512(); MT];
+    // Quarter q = 2h + cg covers elements 128h + 32tt + 16cg + (0..16) for tt = 0..3, i.e.
+    // sub-blocks 8h + 2tt + cg; chunk c = 4cg + c4 of half h.
+    for q in 0..4 {
+        let (h, cg) = (q / 2, q % 2);
+        // codes[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 16 rows.
+        let mut codes = [[_mm512_setzero_si512(); 4]; 4];
+        for (c4, cv) in codes.iter_mut().enumerate() {
+            // A sixteenth of the tile ahead per sixteenth done (see q45k).
+            if pd != 0 {
+                prefetch_l2(t.wrapping_add(pd + (4 * q + c4) * tb / 16), tb / 16);
             }
-            for (j, tot) in tot.iter_mut().enumerate() {
-                let row = row0 + j;
-                let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
-                let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);
-                for tt in 0..4 {
-                    let sub = 8 * h + 2 * tt + cg;
-                    let mut isum = _mm512_set1_epi32(*bias.add(2 * tt));
-                    for (c4, cv) in codes.iter().enumerate() {
-                        isum = _mm512_dpbusd_epi32(isum, cv[tt], bcast_i32(aq.add(32 * tt + 4 * c4)));
-                    }
-                    let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(t.add(lay.sc + 16 * sub) as *const __m128i));
-                    *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(isum, sc));
-                }
-            }
+            let c = 4 * cg + c4;
+            let hv = load(t.add(q6k_qh_at(8 * h + c)));
+            let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c)));
+            let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c)));
+            // High bits tt sit at bits 2tt..2tt+1 of each qh byte; move them to bits 4..5
+            // (16-bit shifts: bits crossing into the next byte are masked off).
+            cv[0] = code(l0, _mm512_slli_epi16::<4>(hv));
+            cv[1] = code(l1, _mm512_slli_epi16::<2>(hv));
+            cv[2] = code(_mm512_srli_epi16::<4>(l0), hv);
+            cv[3] = code(_mm512_srli_epi16::<4>(l1), _mm512_srli_epi16::<2>(hv));
         }
-        let d = load_f16x16(t.add(lay.d));
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let da = _mm512_set1_ps(*a.d.get_unchecked((row0 + j) * (k / 256) + b));
-            *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
+        for (j, tot) in tot.iter_mut().enumerate() {
+            let row = row0 + j;
+            let aq = a.qs.as_ptr().add(row * k + 256 * b + 128 * h + 16 * cg);
+            let bias = a.bias.as_ptr().add(row * (k / 16) + 16 * b + 8 * h + cg);
+            for tt in 0..4 {
+                let sub = 8 * h + 2 * tt + cg;
+                let mut isum = _mm512_set1_epi32(*bias.add(2 * tt));
+                for (c4, cv) in codes.iter().enumerate() {
+                    isum = _mm512_dpbusd_epi32(isum, cv[tt], bcast_i32(aq.add(32 * tt + 4 * c4)));
+                }
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(t.add(lay.sc + 16 * sub) as *const __m128i));
+                *tot = _mm512_add_epi32(*tot, _mm512_mullo_epi32(isum, sc));
+            }
         }
     }
-    for (j, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out[j].as_mut_ptr(), *acc);
+    let d = load_f16x16(t.add(lay.d));
+    for (j, acc) in acc.iter_mut().enumerate() {
+        let da = _mm512_set1_ps(*a.d.get_unchecked((row0 + j) * (k / 256) + b));
+        *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(tot[j]), da), *acc);
     }
 }

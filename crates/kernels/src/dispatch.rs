@@ -103,6 +103,31 @@ pub fn prefetch_distance() -> usize {
     })
 }
 
+/// Weight streams each core reads at once in decode (m = 1) matmuls: 2 takes a work item's
+/// 16-row groups in pairs read in lockstep (AVX-512 path), 1 one group after another. Two
+/// streams keep more of memory's bandwidth busy on the Intel Xeon measured (matmuls of a Q4_0
+/// decode step +4-10%, Q4_K +2%, Q8_0 +3-8%: `kernel_bench --decode-sim`, docs/PERFORMANCE.md);
+/// AMD cores are untested, so they keep one. `NANBEIGE_STREAMS=1|2` overrides the default.
+pub fn decode_streams() -> usize {
+    static STREAMS: OnceLock<usize> = OnceLock::new();
+    *STREAMS.get_or_init(|| {
+        let v = std::env::var("NANBEIGE_STREAMS").ok();
+        streams_setting(v.as_deref(), cpu_vendor() == *b"GenuineIntel").unwrap_or_else(|| {
+            eprintln!("warning: NANBEIGE_STREAMS={} is not 1 or 2; using 1", v.unwrap_or_default());
+            1
+        })
+    })
+}
+
+/// The streams for a `NANBEIGE_STREAMS` value (unset or blank: the CPU's default), or None when
+/// the value is not 1 or 2.
+fn streams_setting(env: Option<&str>, intel: bool) -> Option<usize> {
+    match env.map(str::trim) {
+        Some(v) if !v.is_empty() => v.parse().ok().filter(|s| (1..=2).contains(s)),
+        _ => Some(if intel { 2 } else { 1 }),
+    }
+}
+
 /// The distance for a `NANBEIGE_PREFETCH` value (unset or blank: the CPU's default), or None when
 /// the value is not a byte count.
 fn prefetch_setting(env: Option<&str>, intel: bool) -> Option<usize> {
@@ -157,5 +182,15 @@ mod tests {
         assert_eq!(prefetch_setting(Some("0"), true), Some(0));
         assert_eq!(prefetch_setting(Some("16384"), false), Some(16384));
         assert_eq!(prefetch_setting(Some("8k"), true), None);
+    }
+
+    #[test]
+    fn streams_setting_defaults_by_vendor_and_obeys_the_variable() {
+        assert_eq!(streams_setting(None, true), Some(2));
+        assert_eq!(streams_setting(None, false), Some(1));
+        assert_eq!(streams_setting(Some(" 1 "), true), Some(1));
+        assert_eq!(streams_setting(Some("2"), false), Some(2));
+        assert_eq!(streams_setting(Some("3"), true), None);
+        assert_eq!(streams_setting(Some("two"), true), None);
     }
 }

@@ -42,6 +42,12 @@ pub fn matmul(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
 /// instead of once per matrix. Results are identical to separate `matmul` calls. At most
 /// `MANY_MAX` matrices.
 pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    matmul_many_streams(isa, crate::dispatch::decode_streams(), ws, x, m, ys)
+}
+
+/// `matmul_many` with the number of weight streams per core in decode set explicitly (1 or 2;
+/// `decode_streams` picks it otherwise). Results do not depend on it.
+pub fn matmul_many_streams(isa: Isa, streams: usize, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), ys.len(), "matmul: {} matrices for {} outputs", ws.len(), ys.len());
     assert!(ws.len() <= MANY_MAX, "matmul: at most {MANY_MAX} matrices per call");
     let Some(w0) = ws.first() else { return };
@@ -68,12 +74,12 @@ pub fn matmul_many(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut
         for (o, (w, y)) in outs.iter_mut().zip(ws.iter().zip(ys.iter_mut())) {
             *o = (*w, SendPtr(y.as_mut_ptr()));
         }
-        run(isa, &outs[..ws.len()], acts);
+        run(isa, &outs[..ws.len()], acts, streams);
     });
 }
 
 /// The products `(w, y)` as one pool call: the items of every matrix, one after the other.
-fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
+fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts, streams: usize) {
     let m = a.m;
     let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / a.k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
     let chunks = m.div_ceil(mc);
@@ -91,6 +97,9 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
         total += chunks * items_per_chunk;
     }
     let plan = &plan[..outs.len()];
+    // Decode on AVX-512: a work item's groups are taken in pairs (g, g + half) read in lockstep,
+    // two weight streams per core (`decode_streams`).
+    let two = m == 1 && streams >= 2 && isa == Isa::Avx512;
     pool::for_each(total, |item| {
         let wi = plan.partition_point(|p| p.2 <= item) - 1;
         let (per_item, items_per_chunk, first) = plan[wi];
@@ -99,24 +108,47 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts) {
         let item = item - first;
         let (c, gi) = (item / items_per_chunk, item % items_per_chunk);
         let (r0, r1) = (c * mc, ((c + 1) * mc).min(m));
-        for g in gi * per_item..((gi + 1) * per_item).min(groups) {
+        // SAFETY (both writes): item (c, g) alone writes rows r0..r1, columns 16g..16g+cols.
+        let put = |g: usize, r: usize, rows: &[[f32; ROWS]]| {
             let cols = (n - g * ROWS).min(ROWS);
+            for (j, o) in rows.iter().enumerate() {
+                unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), y.get().add((r + j) * n + g * ROWS), cols) };
+            }
+        };
+        let (g_lo, g_hi) = (gi * per_item, ((gi + 1) * per_item).min(groups));
+        let half = if two { (g_hi - g_lo).div_ceil(2) } else { 0 };
+        for g in g_lo..g_hi {
+            if g >= g_lo + half && g < g_lo + 2 * half {
+                continue; // done as the second of a pair
+            }
+            if g < g_lo + half && g + half < g_hi {
+                let mut out = [[0f32; ROWS]; 2];
+                // SAFETY: `isa` was checked to be supported; row r0 exists.
+                unsafe { tile_two(isa, w, g, g + half, a, r0, &mut out) };
+                put(g, r0, &out[..1]);
+                put(g + half, r0, &out[1..]);
+                continue;
+            }
             let mut r = r0;
             while r < r1 {
                 let mt = (r1 - r).min(MT_MAX);
                 let mut out = [[0f32; ROWS]; MT_MAX];
                 // SAFETY: `isa` was checked to be supported; rows r..r+mt exist.
                 unsafe { tile(isa, w, g, a, r, mt, &mut out) };
-                for (j, o) in out.iter().enumerate().take(mt) {
-                    // SAFETY: item (c, g) alone writes rows r0..r1, columns 16g..16g+cols.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(o.as_ptr(), y.get().add((r + j) * n + g * ROWS), cols);
-                    }
-                }
+                put(g, r, &out[..mt]);
                 r += mt;
             }
         }
     });
+}
+
+/// Two groups against one activation row in lockstep (AVX-512 only).
+unsafe fn tile_two(isa: Isa, w: &PackedMatrix, g0: usize, g1: usize, a: &Acts, row: usize, out: &mut [[f32; ROWS]; 2]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => crate::avx512::tile_two(w, g0, g1, a, row, out),
+        _ => unreachable!("no two-group kernel on the {} path", isa.name()),
+    }
 }
 
 /// One micro-kernel call on the chosen path.

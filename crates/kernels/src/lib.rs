@@ -26,7 +26,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-pub use dispatch::{active_isa, prefetch_distance, supported_isas, Isa};
+pub use dispatch::{active_isa, decode_streams, prefetch_distance, supported_isas, Isa};
 pub use float::FloatWeights;
 pub use layout::{Format, PackedMatrix};
 
@@ -49,6 +49,11 @@ pub fn matmul_many(ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f3
 /// `matmul_many` on a chosen path (panics if this CPU cannot run it).
 pub fn matmul_many_isa(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
     gemm::matmul_many(isa, ws, x, m, ys)
+}
+
+/// `matmul_isa` with the decode weight streams per core set (1 or 2; see `dispatch::decode_streams`).
+pub fn matmul_streams_isa(isa: Isa, streams: usize, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
+    gemm::matmul_many_streams(isa, streams, &[w], x, m, &mut [y])
 }
 
 /// y (m x n) = x (m x k) . W^T for half-precision W (n x k), on the active path.

@@ -195,9 +195,15 @@ fn matmul_matches_references_on_every_path() {
         let kb = if f.is_kquant() { 3 } else { 7 };
         // Odd n (short last 16-row group), m covering GEMV, partial and full micro-tiles, and
         // one call spanning several activation chunks.
-        for (m, n, k) in
-            [(1, 37, kb * bl), (1, 1, bl), (3, 19, kb * bl), (17, 45, bl), (69, 21, kb * bl), (300, 33, kb * bl)]
-        {
+        for (m, n, k) in [
+            (1, 37, kb * bl),
+            (1, 16 * 37 + 5, kb * bl),
+            (1, 1, bl),
+            (3, 19, kb * bl),
+            (17, 45, bl),
+            (69, 21, kb * bl),
+            (300, 33, kb * bl),
+        ] {
             check_matmul(&mut rng, f, m, n, k);
         }
     }
@@ -309,6 +315,31 @@ fn matmul_many_equals_one_call_per_matrix() {
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{f:?} {isa:?} m={m} n={}: matmul_many differs from matmul", w.n());
                 }
+            }
+        }
+    }
+}
+
+/// Decode with two weight streams per core (a work item's groups read in pairs, in lockstep)
+/// gives exactly what one stream gives, for every format and path, on matrices whose work items
+/// hold several groups (an odd count too, so one group is left unpaired) and a short last group.
+#[test]
+fn two_decode_streams_equal_one() {
+    let mut rng = common::rng("two_decode_streams");
+    for f in Format::ALL {
+        let k = 3 * f.block_len().max(64);
+        for n in [16 * 37 + 5, 16 * 50, 16 * 3] {
+            let w = PackedMatrix::from_gguf(f, n, k, &common::random_blocks(&mut rng, f, n, k)).unwrap();
+            let x = common::random_acts(&mut rng, 1, k);
+            for isa in nanbeige_kernels::supported_isas() {
+                let run = |streams| {
+                    let mut y = vec![f32::NAN; n];
+                    nanbeige_kernels::matmul_streams_isa(isa, streams, &w, &x, 1, &mut y);
+                    y
+                };
+                let (one, two) = (run(1), run(2));
+                let same = one.iter().zip(&two).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{f:?} {isa:?} n={n}: two decode streams differ from one");
             }
         }
     }

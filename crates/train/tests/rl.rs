@@ -197,9 +197,8 @@ fn reward_model_learns_pairs_and_ranks_groups() {
     replies.push(Reply { text: "woof, so the answer is 1".into(), ..Default::default() });
     let plain = Pairwise::new(loaded, None).score(&item, &replies).unwrap();
     let checker = Verifiable { format_weight: 0.1, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
-    let watched = Pairwise::new(RewardModel::load(&out).unwrap(), Some(checker.clone()))
-        .score(&item, &replies)
-        .unwrap();
+    let watched =
+        Pairwise::new(RewardModel::load(&out).unwrap(), Some(checker.clone())).score(&item, &replies).unwrap();
     assert_eq!(watched.iter().map(|s| s.passed).collect::<Vec<_>>(), [false, false, false, true]);
     for (p, w) in plain.iter().zip(&watched) {
         assert_eq!(p.reward, w.reward);
