@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nanbeige/target}"
 CACHE="${NANBEIGE_CACHE:-$HOME/.cache/nanbeige}"
+# The tests write scratch files under the temp dir: give them one of their own (as open as /tmp,
+# for the sandbox's unprivileged user), removed after a green run, kept and named after a red one.
+export TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/nanbeige-tests.XXXXXX")"
+chmod 1777 "$TMPDIR"
+trap 'rc=$?; if [ $rc -eq 0 ]; then rm -rf "$TMPDIR"; else echo "test scratch files kept in $TMPDIR" >&2; fi' EXIT
 cargo build --release --workspace --locked
 export NANBEIGE_BIN="$CARGO_TARGET_DIR/release/nanbeige"
 "$NANBEIGE_BIN" pull all
