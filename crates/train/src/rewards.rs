@@ -124,14 +124,12 @@ pub trait Preference: Sync {
 /// its labels go to `judge.learn` after the group is scored (online reward-model refresh: the
 /// checker as the annotator of the policy's own samples), and the step's log says how often the
 /// judge ranked the checker's right replies above its wrong ones.
-/// With `pool_answers`, replies that give the same final answer (numeric tasks) share the mean of
-/// their win rates: the judge's noise and its taste in wording average out inside an answer, so
-/// the advantage only tells answers apart, not styles of writing the same one.
+/// `pool` says how replies that give the same final answer (numeric tasks) share their win rates.
 pub struct Pairwise<P: Preference> {
     pub judge: P,
     pub watch: Option<Verifiable>,
     pub annotate: bool,
-    pub pool_answers: bool,
+    pub pool: Pool,
     /// This step's checker-labelled (right, wrong) pairs: ranked right by the judge, by the
     /// pooled reward, and how many.
     ranked: Mutex<(f64, f64, usize)>,
@@ -139,8 +137,24 @@ pub struct Pairwise<P: Preference> {
 
 impl<P: Preference> Pairwise<P> {
     pub fn new(judge: P, watch: Option<Verifiable>) -> Self {
-        Pairwise { judge, watch, annotate: false, pool_answers: false, ranked: Mutex::new((0.0, 0.0, 0)) }
+        Pairwise { judge, watch, annotate: false, pool: Pool::Off, ranked: Mutex::new((0.0, 0.0, 0)) }
     }
+}
+
+/// How replies with the same final answer share the judge's win rates.
+/// - `Mean`: each gets the mean over its answer: the judge's noise and its taste in wording average
+///   out inside an answer, so the advantage tells answers apart, not styles of writing one.
+/// - `Vote`: each gets its answer's share of the group's total win rate (the sum over its replies
+///   divided by the sum over all): a vote where every reply backs its answer with the weight the
+///   judge gives it, so an answer many replies reach independently beats one the judge likes once.
+///   Agreement is strong evidence in arithmetic (wrong answers scatter, the right one repeats); it
+///   is a prior the judge cannot learn from pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Pool {
+    #[default]
+    Off,
+    Mean,
+    Vote,
 }
 
 /// The final answer a reply gives, when the task has one to compare (numbers); None otherwise.
@@ -151,16 +165,23 @@ pub fn answer_key(item: &Item, r: &Reply) -> Option<String> {
     }
 }
 
-/// Replies with the same `Some` key get the mean of their values; the others keep their own.
-pub fn pool_by_key(values: &[f64], keys: &[Option<String>]) -> Vec<f64> {
+/// Replies with the same `Some` key share their values (`Pool`); a reply without a key is an answer
+/// of its own.
+pub fn pool_by_key(values: &[f64], keys: &[Option<String>], pool: Pool) -> Vec<f64> {
+    let total: f64 = values.iter().sum();
     values
         .iter()
         .zip(keys)
-        .map(|(&v, k)| match k {
-            None => v,
-            Some(k) => {
-                let same: Vec<f64> = values.iter().zip(keys).filter(|(_, o)| o.as_ref() == Some(k)).map(|(v, _)| *v).collect();
-                same.iter().sum::<f64>() / same.len() as f64
+        .map(|(&v, k)| {
+            let same: Vec<f64> = match k {
+                None => vec![v],
+                Some(k) => values.iter().zip(keys).filter(|(_, o)| o.as_ref() == Some(k)).map(|(v, _)| *v).collect(),
+            };
+            match pool {
+                Pool::Off => v,
+                Pool::Mean => same.iter().sum::<f64>() / same.len() as f64,
+                Pool::Vote if total > 0.0 => same.iter().sum::<f64>() / total,
+                Pool::Vote => 0.0,
             }
         })
         .collect()
@@ -192,7 +213,7 @@ impl<P: Preference> GroupReward for Pairwise<P> {
             None => rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?,
         };
         let keys: Vec<Option<String>> = replies.iter().map(|r| answer_key(item, r)).collect();
-        let w = if self.pool_answers { pool_by_key(&raw, &keys) } else { raw.clone() };
+        let w = pool_by_key(&raw, &keys, self.pool);
         let mut out: Vec<Scored> = w
             .iter()
             .zip(&raw)
@@ -233,7 +254,7 @@ impl<P: Preference> GroupReward for Pairwise<P> {
             let share = |r: f64| if n > 0 { json!(r / n as f64) } else { Value::Null };
             m.insert("checked_pairs".into(), json!(n));
             m.insert("judge_ranked".into(), share(judge_right));
-            if self.pool_answers {
+            if self.pool != Pool::Off {
                 m.insert("pooled_ranked".into(), share(pooled_right));
             }
         }
@@ -323,7 +344,14 @@ mod tests {
     fn pooling_and_ranking_by_hand() {
         let k = |s: &str| Some(s.to_string());
         let keys = [k("7"), None, k("7"), k("9")];
-        assert_eq!(pool_by_key(&[0.2, 0.9, 0.6, 0.3], &keys), vec![0.4, 0.9, 0.4, 0.3]);
+        let v = [0.2, 0.9, 0.6, 0.3];
+        assert_eq!(pool_by_key(&v, &keys, Pool::Off), v.to_vec());
+        assert_eq!(pool_by_key(&v, &keys, Pool::Mean), vec![0.4, 0.9, 0.4, 0.3]);
+        // Shares of the total 2.0: answer 7 holds 0.8, the unkeyed reply 0.9, answer 9 0.3.
+        let vote = pool_by_key(&v, &keys, Pool::Vote);
+        for (got, want) in vote.iter().zip([0.4, 0.45, 0.4, 0.15]) {
+            assert!((got - want).abs() < 1e-12, "{vote:?}");
+        }
         // Right replies 0 and 2 against wrong 3 (1 has no label): 0.2 < 0.3, 0.6 > 0.3.
         let labels = [Some(true), None, Some(true), Some(false)];
         assert_eq!(ranked_right(&[0.2, 0.9, 0.6, 0.3], &labels), (1.0, 2));
@@ -345,7 +373,7 @@ mod tests {
         assert_eq!((st["checked_pairs"].as_u64(), st["judge_ranked"].as_f64()), (Some(4), Some(0.5)));
         assert!(st.get("pooled_ranked").is_none());
         let mut pooled = Pairwise::new(Longer, Some(checker));
-        pooled.pool_answers = true;
+        pooled.pool = Pool::Mean;
         let s = pooled.score(&item, &replies).unwrap();
         let p: Vec<f64> = s.iter().map(|s| s.reward).collect();
         assert_eq!(p, vec![0.5, 0.5, 0.5, 0.5], "each answer's mean win rate is 1/2 here");
@@ -354,5 +382,27 @@ mod tests {
         let st = pooled.step_stats().unwrap();
         assert_eq!(st["pooled_ranked"].as_f64(), Some(0.5));
         assert!((p.iter().sum::<f64>() - r.iter().sum::<f64>()).abs() < 1e-12, "pooling keeps the group's total");
+    }
+
+    #[test]
+    fn a_vote_backs_the_answer_many_replies_reach() {
+        let item = nanbeige_eval::items::item(&json!({"question": "3 + 4?", "answer": "7"}), nanbeige_eval::items::Kind::Math)
+            .unwrap();
+        let texts = ["It is 7", "so 7", "7", "it's 7", "After a long wait, the answer is 8"];
+        let replies: Vec<Reply> = texts.iter().map(|t| Reply { text: t.to_string(), ..Default::default() }).collect();
+        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: Duration::from_secs(5) };
+        let mut pw = Pairwise::new(Longer, Some(checker));
+        // Win rates by length: 0.75, 0.25, 0, 0.5 for the four 7s, 1 for the long 8 (total 2.5).
+        pw.pool = Pool::Mean;
+        let mean: Vec<f64> = pw.score(&item, &replies).unwrap().iter().map(|s| s.reward).collect();
+        assert!(mean[4] > mean[0], "the mean of each answer still follows the judge: {mean:?}");
+        assert_eq!(pw.step_stats().unwrap()["pooled_ranked"].as_f64(), Some(0.0));
+        pw.pool = Pool::Vote;
+        let vote: Vec<f64> = pw.score(&item, &replies).unwrap().iter().map(|s| s.reward).collect();
+        for (got, want) in vote.iter().zip([0.6, 0.6, 0.6, 0.6, 0.4]) {
+            assert!((got - want).abs() < 1e-12, "{vote:?}");
+        }
+        let st = pw.step_stats().unwrap();
+        assert_eq!((st["judge_ranked"].as_f64(), st["pooled_ranked"].as_f64()), (Some(0.0), Some(1.0)));
     }
 }
