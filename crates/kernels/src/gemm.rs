@@ -116,19 +116,16 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts, streams: usiz
             }
         };
         let (g_lo, g_hi) = (gi * per_item, ((gi + 1) * per_item).min(groups));
-        let half = if two { (g_hi - g_lo).div_ceil(2) } else { 0 };
-        for g in g_lo..g_hi {
-            if g >= g_lo + half && g < g_lo + 2 * half {
-                continue; // done as the second of a pair
-            }
-            if g < g_lo + half && g + half < g_hi {
-                let mut out = [[0f32; ROWS]; 2];
-                // SAFETY: `isa` was checked to be supported; row r0 exists.
-                unsafe { tile_two(isa, w, g, g + half, a, r0, &mut out) };
-                put(g, r0, &out[..1]);
-                put(g + half, r0, &out[1..]);
-                continue;
-            }
+        // Pairs (g, g + pairs) first; what is left (one group at most, or all without pairing) alone.
+        let pairs = if two { (g_hi - g_lo) / 2 } else { 0 };
+        for g in g_lo..g_lo + pairs {
+            let mut out = [[0f32; ROWS]; 2];
+            // SAFETY: `isa` was checked to be supported; row r0 exists.
+            unsafe { tile_two(isa, w, g, g + pairs, a, r0, &mut out) };
+            put(g, r0, &out[..1]);
+            put(g + pairs, r0, &out[1..]);
+        }
+        for g in g_lo + 2 * pairs..g_hi {
             let mut r = r0;
             while r < r1 {
                 let mt = (r1 - r).min(MT_MAX);
