@@ -147,8 +147,9 @@ impl<P: Preference> Pairwise<P> {
 /// - `Vote`: each gets its answer's share of the group's total win rate (the sum over its replies
 ///   divided by the sum over all): a vote where every reply backs its answer with the weight the
 ///   judge gives it, so an answer many replies reach independently beats one the judge likes once.
-///   Agreement is strong evidence in arithmetic (wrong answers scatter, the right one repeats); it
-///   is a prior the judge cannot learn from pairs.
+///   Agreement is evidence in arithmetic (wrong answers scatter, the right one repeats), but it
+///   also rewards agreeing on a wrong answer where no reply is right: on `add` it lost accuracy
+///   (docs/TRAINING.md, sixth pair-wise run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Pool {
     #[default]
