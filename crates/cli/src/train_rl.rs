@@ -3,7 +3,7 @@
 //! rollouts from the policy itself or an OpenAI-compatible endpoint.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nanbeige_engine::hub;
 use nanbeige_eval::backend::Endpoint;
 use nanbeige_eval::items::{self, Kind};
@@ -260,9 +260,9 @@ pub struct PairwiseArgs {
     /// Replies giving the same final answer (numeric tasks) share their win rates: `mean` (the flag
     /// alone) gives each the mean over its answer, so the advantage tells answers apart, not
     /// wordings of one; `vote` gives each its answer's share of the group's total win rate, so an
-    /// answer many replies reach beats one the judge likes once.
-    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "mean", default_value = "off")]
-    pool_answers: PoolArg,
+    /// answer many replies reach beats one the judge likes once; `off` (default): each its own.
+    #[arg(long, num_args = 0..=1, default_missing_value = "mean", default_value = "off")]
+    pool_answers: Pool,
     #[command(flatten)]
     rl: RlArgs,
 }
@@ -280,7 +280,7 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
                 rm.enable_refresh(a.rm_refresh_lr, a.rm_refresh_pairs)?;
             }
             let mut pw = Pairwise::new(rm, watch);
-            (pw.annotate, pw.pool) = (annotate, a.pool_answers.into());
+            (pw.annotate, pw.pool) = (annotate, a.pool_answers);
             run(&a.rl, &pw)?;
             if annotate {
                 let out = a.rl.out.join("reward_model");
@@ -297,27 +297,10 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
                 bail!("--rm-refresh-lr needs a reward model (--rm); an LLM judge does not learn");
             }
             let mut pw = Pairwise::new(Judge { backend: &e, max_tokens: 16 }, watch);
-            pw.pool = a.pool_answers.into();
+            pw.pool = a.pool_answers;
             run(&a.rl, &pw)
         }
         _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PoolArg {
-    Off,
-    Mean,
-    Vote,
-}
-
-impl From<PoolArg> for Pool {
-    fn from(p: PoolArg) -> Pool {
-        match p {
-            PoolArg::Off => Pool::Off,
-            PoolArg::Mean => Pool::Mean,
-            PoolArg::Vote => Pool::Vote,
-        }
     }
 }
 

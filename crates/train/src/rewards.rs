@@ -158,6 +158,18 @@ pub enum Pool {
     Vote,
 }
 
+impl std::str::FromStr for Pool {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Pool, String> {
+        match s {
+            "off" => Ok(Pool::Off),
+            "mean" => Ok(Pool::Mean),
+            "vote" => Ok(Pool::Vote),
+            _ => Err(format!("'{s}' is not off, mean or vote")),
+        }
+    }
+}
+
 /// The final answer a reply gives, when the task has one to compare (numbers); None otherwise.
 pub fn answer_key(item: &Item, r: &Reply) -> Option<String> {
     match item.gold {
@@ -169,6 +181,9 @@ pub fn answer_key(item: &Item, r: &Reply) -> Option<String> {
 /// Replies with the same `Some` key share their values (`Pool`); a reply without a key is an answer
 /// of its own.
 pub fn pool_by_key(values: &[f64], keys: &[Option<String>], pool: Pool) -> Vec<f64> {
+    if pool == Pool::Off {
+        return values.to_vec();
+    }
     let total: f64 = values.iter().sum();
     values
         .iter()
@@ -178,11 +193,11 @@ pub fn pool_by_key(values: &[f64], keys: &[Option<String>], pool: Pool) -> Vec<f
                 None => vec![v],
                 Some(k) => values.iter().zip(keys).filter(|(_, o)| o.as_ref() == Some(k)).map(|(v, _)| *v).collect(),
             };
+            let sum: f64 = same.iter().sum();
             match pool {
-                Pool::Off => v,
-                Pool::Mean => same.iter().sum::<f64>() / same.len() as f64,
-                Pool::Vote if total > 0.0 => same.iter().sum::<f64>() / total,
+                Pool::Vote if total > 0.0 => sum / total,
                 Pool::Vote => 0.0,
+                _ => sum / same.len() as f64,
             }
         })
         .collect()
