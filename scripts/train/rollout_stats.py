@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""How the rewards of a watched pair-wise run (`nanbeige train pairwise --watch-checker`) rank the
+checker's (right, wrong) pairs inside each group, read back from its OUT/rollouts.jsonl: by the
+judge's own win rate, by the reward the policy was trained on, by a plain answer count (how many
+replies of the group give the same answer) and by the vote (`--pool-answers vote`: the judge's win
+rates summed over the replies with the same answer), ties counting half, replies cut at the token
+limit unlabelled. Also: groups with no right reply, and how much of such a group its commonest
+(wrong) answer holds; the spread of rewards. Standard library only.
+
+  rollout_stats.py OUT/rollouts.jsonl
+"""
+import collections
+import json
+import sys
+
+
+def ranked(values, labels):
+    """Share of (right, wrong) pairs that `values` orders right (ties half), and the pair count."""
+    got, n = 0.0, 0
+    for vi, li in zip(values, labels):
+        for vj, lj in zip(values, labels):
+            if li is True and lj is False:
+                n += 1
+                got += 1.0 if vi > vj else 0.5 if vi == vj else 0.0
+    return got, n
+
+
+def quantile(xs, p):
+    xs = sorted(xs)
+    return xs[int(p * (len(xs) - 1))]
+
+
+def main():
+    totals = collections.Counter()
+    rewards, spreads, wrong_top = [], [], []
+    for line in open(sys.argv[1]):
+        replies = json.loads(line)["replies"]
+        answers = [r["extra"].get("answer") for r in replies]
+        count = collections.Counter(a for a in answers if a is not None)
+        labels = [None if r["truncated"] else r["passed"] for r in replies]
+        reward = [r["reward"] for r in replies]
+        win = [r["extra"]["win_rate"] for r in replies]
+        votes = collections.Counter()
+        for a, w in zip(answers, win):
+            votes[a] += w
+        columns = {
+            "judge": win,
+            "reward": reward,
+            "count": [count.get(a, 0) if a is not None else 0 for a in answers],
+            "vote": [votes[a] if a is not None else w for a, w in zip(answers, win)],
+        }
+        for name, values in columns.items():
+            got, n = ranked(values, labels)
+            totals[name] += got
+            totals["pairs"] += n if name == "judge" else 0
+        totals["groups"] += 1
+        if not any(r["passed"] for r in replies):
+            totals["no_right"] += 1
+            totals["no_right_with_signal"] += max(reward) - min(reward) > 1e-9
+            wrong_top.append(max(count.values(), default=0) / len(replies))
+        rewards += reward
+        spreads.append(max(reward) - min(reward))
+    n = max(totals["pairs"], 1)
+    print(f"{totals['pairs']} checker (right, wrong) pairs in {totals['groups']} groups, ranked right by:")
+    for name in ("judge", "reward", "count", "vote"):
+        print(f"  {name:6} {totals[name] / n:.3f}")
+    share = sum(wrong_top) / max(len(wrong_top), 1)
+    print(f"groups with no right reply: {totals['no_right']} ({totals['no_right_with_signal']} with a reward spread),"
+          f" commonest answer holds {share:.3f} of such a group on average")
+    print(f"rewards 5-95%: {quantile(rewards, 0.05):.3f} to {quantile(rewards, 0.95):.3f};"
+          f" median spread in a group {quantile(spreads, 0.5):.3f}")
+
+
+if __name__ == "__main__":
+    main()
