@@ -10,7 +10,8 @@
 #   KL (weight of the KL penalty to the SFT model), NO_STD=1 (centered win rates, not divided by the
 #   group's std), SAVE_EVERY, RM_REFRESH_LR (keep training the reward model on the checker's labels of
 #   each step's rollouts, after they are scored; 0: frozen), RM_REFRESH_PAIRS (pairs per group),
-#   POOL=mean|vote (replies with the same final answer share their win rates: --pool-answers; 1 = mean).
+#   POOL=mean|vote (replies with the same final answer share their win rates: --pool-answers; 1 = mean),
+#   QUORUM (with POOL=vote: the share of the vote the leading answer needs, else the group abstains).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -20,6 +21,7 @@ STEPS="${STEPS:-20}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e
 SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"; KL="${KL:-0}"; SAVE_EVERY="${SAVE_EVERY:-10}"
 EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${POOL:-}" ] || EXTRA+=(--pool-answers "$([ "$POOL" = 1 ] && echo mean || echo "$POOL")")
+[ -z "${QUORUM:-}" ] || EXTRA+=(--vote-quorum "$QUORUM")
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"
 # Every 5th pair is held out; the log reports the reward model's accuracy on them.

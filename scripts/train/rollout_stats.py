@@ -5,7 +5,10 @@ judge's own win rate, by the reward the policy was trained on, by a plain answer
 replies of the group give the same answer) and by the vote (`--pool-answers vote`: the judge's win
 rates summed over the replies with the same answer), ties counting half, replies cut at the token
 limit unlabelled. Also: groups with no right reply, and how much of such a group its commonest
-(wrong) answer holds; the spread of rewards. Standard library only.
+(wrong) answer holds; the spread of rewards; and what the vote would do under a quorum
+(`--vote-quorum Q`): how many groups speak, how many of those lead with the checker's right answer,
+and the share of the push (the sum of |reward - group mean|) that lands in groups with no right
+reply. Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl
 """
@@ -30,8 +33,21 @@ def quantile(xs, p):
     return xs[int(p * (len(xs) - 1))]
 
 
+QUORUMS = (0.0, 0.5, 0.6)
+
+
+def vote_shares(answers, win):
+    """Each reply's answer's share of the group's total win rate (`--pool-answers vote`)."""
+    total = sum(win) or 1.0
+    votes = collections.Counter()
+    for a, w in zip(answers, win):
+        votes[a] += w
+    return [(votes[a] if a is not None else w) / total for a, w in zip(answers, win)]
+
+
 def main():
     totals = collections.Counter()
+    quorum = {q: collections.Counter() for q in QUORUMS}
     rewards, spreads, wrong_top = [], [], []
     for line in open(sys.argv[1]):
         replies = json.loads(line)["replies"]
@@ -60,6 +76,16 @@ def main():
             wrong_top.append(max(count.values(), default=0) / len(replies))
         rewards += reward
         spreads.append(max(reward) - min(reward))
+        shares = vote_shares(answers, win)
+        mean = sum(shares) / len(shares)
+        push = sum(abs(v - mean) for v in shares)
+        for q, t in quorum.items():
+            if max(shares) < q or push < 1e-9:
+                continue  # abstains: one reward for all, the group is dropped
+            t["speak"] += 1
+            t["lead_right"] += replies[shares.index(max(shares))]["passed"]
+            t["push"] += push
+            t["push_no_right"] += 0 if any(r["passed"] for r in replies) else push
     n = max(totals["pairs"], 1)
     print(f"{totals['pairs']} checker (right, wrong) pairs in {totals['groups']} groups, ranked right by:")
     for name in ("judge", "reward", "count", "vote"):
@@ -69,6 +95,9 @@ def main():
           f" commonest answer holds {share:.3f} of such a group on average")
     print(f"rewards 5-95%: {quantile(rewards, 0.05):.3f} to {quantile(rewards, 0.95):.3f};"
           f" median spread in a group {quantile(spreads, 0.5):.3f}")
+    for q, t in quorum.items():
+        print(f"vote with quorum {q}: {t['speak']} groups speak, {t['lead_right']} lead with the right answer;"
+              f" {t['push_no_right'] / max(t['push'], 1e-9):.3f} of the push lands in groups with no right reply")
 
 
 if __name__ == "__main__":

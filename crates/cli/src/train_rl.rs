@@ -263,12 +263,23 @@ pub struct PairwiseArgs {
     /// answer many replies reach beats one the judge likes once; `off` (default): each its own.
     #[arg(long, num_args = 0..=1, default_missing_value = "mean", default_value = "off")]
     pool_answers: Pool,
+    /// With `--pool-answers vote`: the share of the vote (0-1) the leading answer needs for the
+    /// group to count; below it all replies get the same reward and the group is dropped (the vote
+    /// abstains where the replies scatter). 0: always counts.
+    #[arg(long, default_value_t = 0.0)]
+    vote_quorum: f64,
     #[command(flatten)]
     rl: RlArgs,
 }
 
 pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
     let watch = a.watch_checker.then(|| a.rl.verifiable());
+    if !(0.0..=1.0).contains(&a.vote_quorum) {
+        bail!("--vote-quorum {} is not a share between 0 and 1", a.vote_quorum);
+    }
+    if a.vote_quorum > 0.0 && a.pool_answers != Pool::Vote {
+        bail!("--vote-quorum counts the vote: it needs --pool-answers vote");
+    }
     match (&a.rm, &a.judge) {
         (Some(dir), None) => {
             let mut rm = RewardModel::load(dir)?;
@@ -280,7 +291,7 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
                 rm.enable_refresh(a.rm_refresh_lr, a.rm_refresh_pairs)?;
             }
             let mut pw = Pairwise::new(rm, watch);
-            (pw.annotate, pw.pool) = (annotate, a.pool_answers);
+            (pw.annotate, pw.pool, pw.quorum) = (annotate, a.pool_answers, a.vote_quorum);
             run(&a.rl, &pw)?;
             if annotate {
                 let out = a.rl.out.join("reward_model");
@@ -297,7 +308,7 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
                 bail!("--rm-refresh-lr needs a reward model (--rm); an LLM judge does not learn");
             }
             let mut pw = Pairwise::new(Judge { backend: &e, max_tokens: 16 }, watch);
-            pw.pool = a.pool_answers;
+            (pw.pool, pw.quorum) = (a.pool_answers, a.vote_quorum);
             run(&a.rl, &pw)
         }
         _ => bail!("give the pair-wise reward: --rm DIR (a reward model) or --judge URL (an LLM judge)"),

@@ -130,6 +130,11 @@ pub struct Pairwise<P: Preference> {
     pub watch: Option<Verifiable>,
     pub annotate: bool,
     pub pool: Pool,
+    /// With `Pool::Vote`: the share of the vote the leading answer needs for the group to speak at
+    /// all (0: always). Below it every reply gets the same reward, so the group carries no signal
+    /// and is dropped: where the replies scatter, the vote abstains instead of backing whichever
+    /// wrong answer happens to lead.
+    pub quorum: f64,
     /// This step's checker-labelled (right, wrong) pairs: ranked right by the judge, by the
     /// pooled reward, and how many.
     ranked: Mutex<(f64, f64, usize)>,
@@ -137,7 +142,7 @@ pub struct Pairwise<P: Preference> {
 
 impl<P: Preference> Pairwise<P> {
     pub fn new(judge: P, watch: Option<Verifiable>) -> Self {
-        Pairwise { judge, watch, annotate: false, pool: Pool::Off, ranked: Mutex::new((0.0, 0.0, 0)) }
+        Pairwise { judge, watch, annotate: false, pool: Pool::Off, quorum: 0.0, ranked: Mutex::new((0.0, 0.0, 0)) }
     }
 }
 
@@ -203,6 +208,17 @@ pub fn pool_by_key(values: &[f64], keys: &[Option<String>], pool: Pool) -> Vec<f
         .collect()
 }
 
+/// A vote without a quorum abstains: when no answer's share of the vote (`shares`, from
+/// `Pool::Vote`) reaches `quorum`, every reply gets the mean share, i.e. the group says nothing.
+pub fn vote_quorum(shares: Vec<f64>, quorum: f64) -> Vec<f64> {
+    let top = shares.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if shares.is_empty() || top >= quorum {
+        return shares;
+    }
+    let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+    vec![mean; shares.len()]
+}
+
 /// Over every (right, wrong) pair of labelled replies: the share `values` ranks right (a tie
 /// counts half), and the number of pairs.
 pub fn ranked_right(values: &[f64], labels: &[Option<bool>]) -> (f64, usize) {
@@ -229,7 +245,10 @@ impl<P: Preference> GroupReward for Pairwise<P> {
             None => rl::win_rates(replies.len(), |i, j| self.judge.prefer(item, &replies[i], &replies[j]))?,
         };
         let keys: Vec<Option<String>> = replies.iter().map(|r| answer_key(item, r)).collect();
-        let w = pool_by_key(&raw, &keys, self.pool);
+        let mut w = pool_by_key(&raw, &keys, self.pool);
+        if self.pool == Pool::Vote {
+            w = vote_quorum(w, self.quorum);
+        }
         let mut out: Vec<Scored> = w
             .iter()
             .zip(&raw)
@@ -420,5 +439,23 @@ mod tests {
         }
         let st = pw.step_stats().unwrap();
         assert_eq!((st["judge_ranked"].as_f64(), st["pooled_ranked"].as_f64()), (Some(0.0), Some(1.0)));
+        // 0.6 of the vote meets a quorum of 0.6; a quorum of 0.7 makes the group abstain: one
+        // reward for all, so the trainer drops it, and the checker's pairs count as ties.
+        pw.quorum = 0.6;
+        let met: Vec<f64> = pw.score(&item, &replies).unwrap().iter().map(|s| s.reward).collect();
+        assert_eq!(met, vote);
+        pw.step_stats();
+        pw.quorum = 0.7;
+        let abstained: Vec<f64> = pw.score(&item, &replies).unwrap().iter().map(|s| s.reward).collect();
+        assert!(abstained.iter().all(|r| (r - 0.56).abs() < 1e-12), "{abstained:?}");
+        assert_eq!(pw.step_stats().unwrap()["pooled_ranked"].as_f64(), Some(0.5));
+    }
+
+    #[test]
+    fn a_vote_without_quorum_abstains() {
+        assert_eq!(vote_quorum(vec![0.5, 0.3, 0.5, 0.2], 0.5), vec![0.5, 0.3, 0.5, 0.2]);
+        assert_eq!(vote_quorum(vec![0.4, 0.2, 0.4, 0.2], 0.5), vec![0.3; 4]);
+        assert_eq!(vote_quorum(vec![0.4, 0.2], 0.0), vec![0.4, 0.2]);
+        assert!(vote_quorum(vec![], 0.5).is_empty());
     }
 }
