@@ -11,7 +11,10 @@
 #   group's std), SAVE_EVERY, RM_REFRESH_LR (keep training the reward model on the checker's labels of
 #   each step's rollouts, after they are scored; 0: frozen), RM_REFRESH_PAIRS (pairs per group),
 #   POOL=mean|vote (replies with the same final answer share their win rates: --pool-answers; 1 = mean),
-#   QUORUM (with POOL=vote: the share of the vote the leading answer needs, else the group abstains).
+#   QUORUM (with POOL=vote: the share of the vote the leading answer needs, else the group abstains),
+#   JUDGE=MODEL (an LLM judge instead of the reward model: `nanbeige serve -m MODEL` on JUDGE_PORT,
+#   default 8091, started here and stopped at exit; it solves each prompt itself, --judge-solves;
+#   PAIRS is then unused, and no reward model is trained or evaluated).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -24,10 +27,20 @@ EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${QUORUM:-}" ] || EXTRA+=(--vote-quorum "$QUORUM")
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"
-# Every 5th pair is held out; the log reports the reward model's accuracy on them.
-[ -f "$W/rm/config.json" ] || /usr/bin/time -v "$BIN" train rm --model "$SFT" --data "$PAIRS" --out "$W/rm" \
-    --lr "$RM_LR" 2> "$W/rm.log"
-/usr/bin/time -v "$BIN" train pairwise --model "$SFT" --rm "$W/rm" --gen add --n 2000 --out "$W/pw" --steps "$STEPS" \
+if [ -n "${JUDGE:-}" ]; then
+    PORT="${JUDGE_PORT:-8091}"
+    "$BIN" serve -m "$JUDGE" --port "$PORT" > "$W/judge.log" 2>&1 &
+    JUDGE_PID=$!
+    trap 'kill $JUDGE_PID 2>/dev/null || true' EXIT
+    for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null && break; sleep 1; done
+    REWARD=(--judge "http://127.0.0.1:$PORT" --judge-solves)
+else
+    # Every 5th pair is held out; the log reports the reward model's accuracy on them.
+    [ -f "$W/rm/config.json" ] || /usr/bin/time -v "$BIN" train rm --model "$SFT" --data "$PAIRS" --out "$W/rm" \
+        --lr "$RM_LR" 2> "$W/rm.log"
+    REWARD=(--rm "$W/rm")
+fi
+/usr/bin/time -v "$BIN" train pairwise --model "$SFT" "${REWARD[@]}" --gen add --n 2000 --out "$W/pw" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --max-tokens 256 --batch-tokens 512 \
     --rollout-batch 48 --save-every "$SAVE_EVERY" --seed "$SEED" --kl "$KL" --watch-checker "${EXTRA[@]}" 2> "$W/train.log"
 # Sampled first: temperature-1 accuracy is where RL's held-out gain showed for GRPO (TRAINING.md).
@@ -39,7 +52,7 @@ for mode in ${MODES:-sampled greedy}; do
             --parallel 16 "${S[@]}" --out "$W/$mode-$m.jsonl" --json > "$W/$mode-$m.json"
     done
     "$BIN" eval compare "$W/$mode-sft.jsonl" "$W/$mode-pw.jsonl" | tee "$W/compare-$mode.txt"
-    [ "$mode" = sampled ] || continue
+    [ "$mode" = sampled ] && [ -z "${JUDGE:-}" ] || continue
     # Does the reward model still rank right over wrong on each policy's own held-out samples?
     for m in sft pw; do
         python3 "$(dirname "$0")/pairs_from_eval.py" "$W/$mode-$m.jsonl" > "$W/heldout-pairs-$m.jsonl"

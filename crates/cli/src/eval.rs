@@ -68,6 +68,10 @@ pub struct EvalArgs {
     /// input (built-in code set), median of N calls; logs the speedup (0: off).
     #[arg(long, default_value_t = 0)]
     pub efficiency: usize,
+    /// `winrate`: the judge first answers each question itself and judges against its own answer
+    /// (for numbers: the reply whose final number is the judge's wins).
+    #[arg(long)]
+    pub judge_solves: bool,
     /// Score the replies already in --out again (after a scorer change) instead of generating.
     #[arg(long)]
     pub rescore: bool,
@@ -159,7 +163,7 @@ fn winrate(a: &EvalArgs) -> Result<()> {
     let [la, lb] = a.logs.as_slice() else { bail!("usage: nanbeige eval winrate A.jsonl B.jsonl --endpoint JUDGE_URL") };
     let url = a.endpoint.as_deref().context("winrate needs the judge: --endpoint URL (an OpenAI-compatible server)")?;
     let judge_backend = Endpoint::new(url, a.api_model.clone(), a.api_key.clone(), Duration::from_secs(a.request_timeout))?;
-    let judge = Judge { backend: &judge_backend, max_tokens: 16 };
+    let judge = Judge::new(&judge_backend, 16, a.judge_solves);
     let (ra, rb) = (runner::read_log(la)?, runner::read_log(lb)?);
     let mut ids: Vec<&String> = ra.keys().filter(|k| rb.contains_key(*k)).collect();
     ids.sort();

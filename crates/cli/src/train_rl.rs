@@ -244,6 +244,12 @@ pub struct PairwiseArgs {
     judge: Option<String>,
     #[arg(long)]
     judge_model: Option<String>,
+    /// The judge first answers each prompt itself (greedy, once) and judges against its own
+    /// answer: for numeric tasks the reply whose final number is the judge's wins the pair (no
+    /// call per pair); otherwise its answer is shown as the reference. For a judge too small to
+    /// compare two replies but able to solve the task.
+    #[arg(long)]
+    judge_solves: bool,
     /// Also score every rollout with the task's checker and log its pass rate (never part of the
     /// reward): watches for reward hacking while the policy trains.
     #[arg(long)]
@@ -277,6 +283,9 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.vote_quorum) {
         bail!("--vote-quorum {} is not a share between 0 and 1", a.vote_quorum);
     }
+    if a.judge_solves && a.judge.is_none() {
+        bail!("--judge-solves is for an LLM judge (--judge URL)");
+    }
     if a.vote_quorum > 0.0 && a.pool_answers != Pool::Vote {
         bail!("--vote-quorum counts the vote: it needs --pool-answers vote");
     }
@@ -307,7 +316,7 @@ pub fn pairwise_cmd(a: PairwiseArgs) -> Result<()> {
             if a.rm_refresh_lr > 0.0 {
                 bail!("--rm-refresh-lr needs a reward model (--rm); an LLM judge does not learn");
             }
-            let mut pw = Pairwise::new(Judge { backend: &e, max_tokens: 16 }, watch);
+            let mut pw = Pairwise::new(Judge::new(&e, 16, a.judge_solves), watch);
             (pw.pool, pw.quorum) = (a.pool_answers, a.vote_quorum);
             run(&a.rl, &pw)
         }

@@ -300,10 +300,22 @@ impl<P: Preference> GroupReward for Pairwise<P> {
 /// An LLM judge behind any backend (usually an endpoint): shown the prompt and two replies, it
 /// answers A or B. Each pair is judged in both orders and averaged, which cancels position bias;
 /// an answer naming neither counts as a tie.
+///
+/// With `solves`, the judge first answers each question itself (greedy, once per question, cached):
+/// reference-guided judging, as for math in MT-Bench. A small judge cannot compare two solutions in
+/// one letter (Qwen2.5-Coder-0.5B answers "A" to every `add` pair in either order) but can solve the
+/// problem; for numeric tasks a reply then beats another when its final number is the judge's and
+/// the other's is not (a tie otherwise, and for every pair when the judge gives no number); for
+/// other tasks the judge's own answer is shown beside the two replies as the reference.
 pub struct Judge<'a> {
     pub backend: &'a dyn nanbeige_eval::backend::Backend,
     pub max_tokens: usize,
+    pub solves: bool,
+    solved: Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// Tokens the judge may spend answering a question itself.
+const SOLVE_TOKENS: usize = 512;
 
 /// The judge's verdict: 1.0 for A, 0.0 for B, 0.5 when it names neither or both.
 pub fn parse_verdict(text: &str) -> f64 {
@@ -318,11 +330,27 @@ pub fn parse_verdict(text: &str) -> f64 {
     }
 }
 
-impl Judge<'_> {
-    fn ask(&self, question: &str, first: &str, second: &str, seed: u64) -> Result<f64> {
+impl<'a> Judge<'a> {
+    pub fn new(backend: &'a dyn nanbeige_eval::backend::Backend, max_tokens: usize, solves: bool) -> Self {
+        Judge { backend, max_tokens, solves, solved: Mutex::new(Default::default()) }
+    }
+
+    /// The judge's own answer to `question`, asked once.
+    fn solve(&self, question: &str) -> Result<String> {
+        if let Some(a) = self.solved.lock().unwrap_or_else(|e| e.into_inner()).get(question) {
+            return Ok(a.clone());
+        }
+        let sampling = nanbeige_eval::backend::Sampling { max_tokens: SOLVE_TOKENS, temperature: 0.0, top_p: 1.0 };
+        let text = self.backend.chat(&json!([{"role": "user", "content": question}]), None, &sampling, 0)?.text;
+        self.solved.lock().unwrap_or_else(|e| e.into_inner()).insert(question.to_string(), text.clone());
+        Ok(text)
+    }
+
+    fn ask(&self, question: &str, reference: Option<&str>, first: &str, second: &str, seed: u64) -> Result<f64> {
+        let reference = reference.map(|r| format!("Reference answer:\n{}\n\n", score::answer_part(r))).unwrap_or_default();
         let prompt = format!(
             "You are judging two answers to the same question. Pick the better one: correct first, then clear and concise.\n\n\
-             Question:\n{question}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\nReply with exactly one letter: A or B."
+             Question:\n{question}\n\n{reference}Answer A:\n{first}\n\nAnswer B:\n{second}\n\nReply with exactly one letter: A or B."
         );
         let sampling = nanbeige_eval::backend::Sampling { max_tokens: self.max_tokens, temperature: 0.0, top_p: 1.0 };
         let r = self.backend.chat(&json!([{"role": "user", "content": prompt}]), None, &sampling, seed)?;
@@ -343,9 +371,19 @@ pub fn question_text(item: &Item) -> String {
 impl Preference for Judge<'_> {
     fn prefer(&self, item: &Item, a: &Reply, b: &Reply) -> Result<f64> {
         let q = question_text(item);
+        let reference = if self.solves { Some(self.solve(&q)?) } else { None };
+        if let (Some(r), Gold::Number(_)) = (&reference, &item.gold) {
+            let own = score::extract_number(r);
+            let agrees = |x: &Reply| own.is_some() && score::extract_number(&x.text) == own;
+            return Ok(match (agrees(a), agrees(b)) {
+                (true, false) => 1.0,
+                (false, true) => 0.0,
+                _ => 0.5,
+            });
+        }
         let (ta, tb) = (score::answer_part(&a.text), score::answer_part(&b.text));
-        let ab = self.ask(&q, ta, tb, 0)?;
-        let ba = self.ask(&q, tb, ta, 1)?;
+        let ab = self.ask(&q, reference.as_deref(), ta, tb, 0)?;
+        let ba = self.ask(&q, reference.as_deref(), tb, ta, 1)?;
         Ok((ab + (1.0 - ba)) / 2.0)
     }
 }
@@ -457,5 +495,63 @@ mod tests {
         assert_eq!(vote_quorum(vec![0.4, 0.2, 0.4, 0.2], 0.5), vec![0.3; 4]);
         assert_eq!(vote_quorum(vec![0.4, 0.2], 0.0), vec![0.4, 0.2]);
         assert!(vote_quorum(vec![], 0.5).is_empty());
+    }
+
+    /// A judge backend that answers every question "3 + 4 = 8" (it solves, wrongly here, when
+    /// `wrong`) and says "A" to every A/B prompt, counting its calls.
+    struct Scripted {
+        wrong: bool,
+        calls: std::sync::atomic::AtomicUsize,
+        prompts: Mutex<Vec<String>>,
+    }
+
+    impl nanbeige_eval::backend::Backend for Scripted {
+        fn chat(
+            &self,
+            messages: &Value,
+            _tools: Option<&Value>,
+            _s: &nanbeige_eval::backend::Sampling,
+            _seed: u64,
+        ) -> Result<Reply> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let p = messages[0]["content"].as_str().unwrap_or("").to_string();
+            let text = if p.contains("Answer A") { "A" } else if self.wrong { "3 + 4 = 8" } else { "3 + 4 equals 7." };
+            self.prompts.lock().unwrap().push(p);
+            Ok(Reply { text: text.into(), ..Default::default() })
+        }
+        fn parallel_ok(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_judge_that_solves_prefers_its_own_answer() {
+        let math = nanbeige_eval::items::item(&json!({"question": "3 + 4?", "answer": "7"}), nanbeige_eval::items::Kind::Math)
+            .unwrap();
+        let reply = |t: &str| Reply { text: t.to_string(), ..Default::default() };
+        let (seven, eight, nine) = (reply("<think>3 + 4</think>\n\nAnswer: 7"), reply("Answer: 8"), reply("Answer: 9"));
+        let right = Scripted { wrong: false, calls: Default::default(), prompts: Default::default() };
+        // Without solving, a judge that always says "A" ties every pair: position bias cancels.
+        let plain = Judge::new(&right, 16, false);
+        assert_eq!(plain.prefer(&math, &seven, &eight).unwrap(), 0.5);
+        assert_eq!(right.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let solving = Judge::new(&right, 16, true);
+        assert_eq!(solving.prefer(&math, &seven, &eight).unwrap(), 1.0);
+        assert_eq!(solving.prefer(&math, &eight, &seven).unwrap(), 0.0);
+        assert_eq!(solving.prefer(&math, &eight, &nine).unwrap(), 0.5, "two answers not the judge's tie");
+        assert_eq!(right.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "one solve for the question, no call per pair");
+        // A judge that solves wrongly backs the wrong answer: it is only as good as its own answer.
+        let wrong = Scripted { wrong: true, calls: Default::default(), prompts: Default::default() };
+        assert_eq!(Judge::new(&wrong, 16, true).prefer(&math, &seven, &eight).unwrap(), 0.0);
+        // Without a number to compare, the judge's answer is shown as the reference in the A/B prompt.
+        let choice = Item {
+            id: "c".into(),
+            kind: nanbeige_eval::items::Kind::Choice,
+            messages: json!([{"role": "user", "content": "3 + 4?"}]),
+            tools: None,
+            gold: Gold::Choice { letter: 'A', n: 2 },
+        };
+        assert_eq!(solving.prefer(&choice, &seven, &eight).unwrap(), 0.5, "this judge says A in both orders");
+        assert!(right.prompts.lock().unwrap().last().unwrap().contains("Reference answer:\n3 + 4 equals 7."));
     }
 }
