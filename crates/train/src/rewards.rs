@@ -347,7 +347,8 @@ impl<'a> Judge<'a> {
     }
 
     fn ask(&self, question: &str, reference: Option<&str>, first: &str, second: &str, seed: u64) -> Result<f64> {
-        let reference = reference.map(|r| format!("Reference answer:\n{}\n\n", score::answer_part(r))).unwrap_or_default();
+        let reference =
+            reference.map(|r| format!("Reference answer:\n{}\n\n", score::answer_part(r))).unwrap_or_default();
         let prompt = format!(
             "You are judging two answers to the same question. Pick the better one: correct first, then clear and concise.\n\n\
              Question:\n{question}\n\n{reference}Answer A:\n{first}\n\nAnswer B:\n{second}\n\nReply with exactly one letter: A or B."
@@ -497,8 +498,8 @@ mod tests {
         assert!(vote_quorum(vec![], 0.5).is_empty());
     }
 
-    /// A judge backend that answers every question "3 + 4 = 8" (it solves, wrongly here, when
-    /// `wrong`) and says "A" to every A/B prompt, counting its calls.
+    /// A judge backend that answers every question with "3 + 4 equals 7." ("3 + 4 = 8" when
+    /// `wrong`) and every A/B prompt with "A", keeping the prompts and counting its calls.
     struct Scripted {
         wrong: bool,
         calls: std::sync::atomic::AtomicUsize,
@@ -515,7 +516,13 @@ mod tests {
         ) -> Result<Reply> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let p = messages[0]["content"].as_str().unwrap_or("").to_string();
-            let text = if p.contains("Answer A") { "A" } else if self.wrong { "3 + 4 = 8" } else { "3 + 4 equals 7." };
+            let text = if p.contains("Answer A") {
+                "A"
+            } else if self.wrong {
+                "3 + 4 = 8"
+            } else {
+                "3 + 4 equals 7."
+            };
             self.prompts.lock().unwrap().push(p);
             Ok(Reply { text: text.into(), ..Default::default() })
         }
@@ -526,8 +533,9 @@ mod tests {
 
     #[test]
     fn a_judge_that_solves_prefers_its_own_answer() {
-        let math = nanbeige_eval::items::item(&json!({"question": "3 + 4?", "answer": "7"}), nanbeige_eval::items::Kind::Math)
-            .unwrap();
+        let math =
+            nanbeige_eval::items::item(&json!({"question": "3 + 4?", "answer": "7"}), nanbeige_eval::items::Kind::Math)
+                .unwrap();
         let reply = |t: &str| Reply { text: t.to_string(), ..Default::default() };
         let (seven, eight, nine) = (reply("<think>3 + 4</think>\n\nAnswer: 7"), reply("Answer: 8"), reply("Answer: 9"));
         let right = Scripted { wrong: false, calls: Default::default(), prompts: Default::default() };
@@ -539,7 +547,11 @@ mod tests {
         assert_eq!(solving.prefer(&math, &seven, &eight).unwrap(), 1.0);
         assert_eq!(solving.prefer(&math, &eight, &seven).unwrap(), 0.0);
         assert_eq!(solving.prefer(&math, &eight, &nine).unwrap(), 0.5, "two answers not the judge's tie");
-        assert_eq!(right.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "one solve for the question, no call per pair");
+        assert_eq!(
+            right.calls.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "one solve for the question, no call per pair"
+        );
         // A judge that solves wrongly backs the wrong answer: it is only as good as its own answer.
         let wrong = Scripted { wrong: true, calls: Default::default(), prompts: Default::default() };
         assert_eq!(Judge::new(&wrong, 16, true).prefer(&math, &seven, &eight).unwrap(), 0.0);
