@@ -8,12 +8,14 @@ limit unlabelled. Also: groups with no right reply, and how much of such a group
 (wrong) answer holds; the spread of rewards; and what the vote would do under a quorum
 (`--vote-quorum Q`): how many groups speak, how many of those lead with the checker's right answer,
 and the share of the push (the sum of |reward - group mean|) that lands in groups with no right
-reply. Standard library only.
+reply; and, per step, how often an `add` reply's closing line ("So a + b = ...") restates the
+question's numbers (a drift no reward looks at). Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl
 """
 import collections
 import json
+import re
 import sys
 
 
@@ -48,9 +50,17 @@ def vote_shares(answers, win):
 def main():
     totals = collections.Counter()
     quorum = {q: collections.Counter() for q in QUORUMS}
+    restated = collections.defaultdict(collections.Counter)
     rewards, spreads, wrong_top = [], [], []
     for line in open(sys.argv[1]):
-        replies = json.loads(line)["replies"]
+        row = json.loads(line)
+        replies = row["replies"]
+        for r in replies:
+            asked = re.search(r"(?:Add|Subtract) (\d+) [-+] (\d+)", r["text"])
+            closing = re.search(r"So (\d+) [-+] (\d+) =", r["text"])
+            if asked and closing:
+                restated[row["step"]]["same"] += asked.groups() == closing.groups()
+                restated[row["step"]]["n"] += 1
         answers = [r["extra"].get("answer") for r in replies]
         count = collections.Counter(a for a in answers if a is not None)
         labels = [None if r["truncated"] else r["passed"] for r in replies]
@@ -98,6 +108,9 @@ def main():
     for q, t in quorum.items():
         print(f"vote with quorum {q}: {t['speak']} groups speak, {t['lead_right']} lead with the right answer;"
               f" {t['push_no_right'] / max(t['push'], 1e-9):.3f} of the push lands in groups with no right reply")
+    if restated:
+        steps = " ".join(f"{s + 1}:{c['same'] / c['n']:.2f}" for s, c in sorted(restated.items()))
+        print(f"closing line restates the question, by step: {steps}")
 
 
 if __name__ == "__main__":
