@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Held-out `add` accuracy split by case, for two `nanbeige eval math --gen add --out` logs of the
+same problems (before, after): additions, subtractions whose column arithmetic needs a borrow, and
+subtractions that need none. RL on this task has learned to skip borrows (docs/TRAINING.md), which
+the overall pass rate hides: it shows here as borrow cases falling while no-borrow cases rise.
+Counts are sums of each problem's pass@1 (the mean over its samples). Standard library only.
+
+  by_case.py BEFORE.jsonl AFTER.jsonl
+"""
+import json
+import re
+import sys
+
+
+def case(prompt):
+    a, op, b = re.search(r"(\d+) ([-+]) (\d+)", prompt).groups()
+    if op == "+":
+        return "addition"
+    # Column by column from the ones: the first column whose top digit is the smaller needs a borrow.
+    a, b = int(a), int(b)
+    while b:
+        if a % 10 < b % 10:
+            return "subtraction, needs a borrow"
+        a, b = a // 10, b // 10
+    return "subtraction, no borrow"
+
+
+def load(path):
+    return {r["id"]: r for r in map(json.loads, open(path))}
+
+
+def main():
+    before, after = load(sys.argv[1]), load(sys.argv[2])
+    rows = {}
+    for i, r in before.items():
+        if i not in after:
+            continue
+        row = rows.setdefault(case(r["prompt"]), [0.0, 0.0, 0])
+        row[0] += r["pass1"]
+        row[1] += after[i]["pass1"]
+        row[2] += 1
+    for name, (b, a, n) in sorted(rows.items()):
+        print(f"{name:28} {n:4} problems: right {b:6.1f} before, {a:6.1f} after")
+
+
+if __name__ == "__main__":
+    main()
