@@ -33,6 +33,7 @@ if [ -n "${JUDGE:-}" ]; then
     JUDGE_PID=$!
     trap 'kill $JUDGE_PID 2>/dev/null || true' EXIT
     for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null && break; sleep 1; done
+    curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null || { echo "the judge did not start: $W/judge.log" >&2; exit 1; }
     REWARD=(--judge "http://127.0.0.1:$PORT" --judge-solves)
 else
     # Every 5th pair is held out; the log reports the reward model's accuracy on them.
