@@ -321,8 +321,8 @@ const SOLVE_TOKENS: usize = 512;
 pub fn parse_verdict(text: &str) -> f64 {
     let t = score::answer_part(text);
     let words: Vec<&str> = t.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
-    let a = words.iter().any(|w| *w == "A");
-    let b = words.iter().any(|w| *w == "B");
+    let a = words.contains(&"A");
+    let b = words.contains(&"B");
     match (a, b) {
         (true, false) => 1.0,
         (false, true) => 0.0,
