@@ -66,14 +66,12 @@ def main():
         labels = [None if r["truncated"] else r["passed"] for r in replies]
         reward = [r["reward"] for r in replies]
         win = [r["extra"]["win_rate"] for r in replies]
-        votes = collections.Counter()
-        for a, w in zip(answers, win):
-            votes[a] += w
+        shares = vote_shares(answers, win)
         columns = {
             "judge": win,
             "reward": reward,
             "count": [count.get(a, 0) if a is not None else 0 for a in answers],
-            "vote": [votes[a] if a is not None else w for a, w in zip(answers, win)],
+            "vote": shares,
         }
         for name, values in columns.items():
             got, n = ranked(values, labels)
@@ -86,7 +84,6 @@ def main():
             wrong_top.append(max(count.values(), default=0) / len(replies))
         rewards += reward
         spreads.append(max(reward) - min(reward))
-        shares = vote_shares(answers, win)
         mean = sum(shares) / len(shares)
         push = sum(abs(v - mean) for v in shares)
         for q, t in quorum.items():
