@@ -87,6 +87,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.task == "winrate" {
         return winrate(&a);
     }
+    if a.judge_solves {
+        bail!("--judge-solves is for `eval winrate` (the judge of two logs)");
+    }
     if !a.logs.is_empty() {
         bail!("unexpected arguments after the task: {:?}", a.logs);
     }

@@ -300,4 +300,7 @@ fn winrate_counts_wins_ties_and_losses() {
     assert!(out.contains("win rate 50.0%") && out.contains("on 4 items: 1 wins, 2 ties, 1 losses"), "{out}");
     let o = run(&["eval", "winrate", s(&a), s(&b)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--endpoint"));
+    // --judge-solves belongs to winrate: elsewhere it is an error, not silently ignored.
+    let o = run(&["eval", "math", "--gen", "add", "--n", "2", "--judge-solves"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--judge-solves is for"));
 }
