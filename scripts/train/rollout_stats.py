@@ -9,12 +9,15 @@ limit unlabelled. Also: groups with no right reply, and how much of such a group
 (`--vote-quorum Q`): how many groups speak, how many of those lead with the checker's right answer,
 and the share of the push (the sum of |reward - group mean|) that lands in groups with no right
 reply; and, per step, how often an `add` reply's closing line ("So a + b = ...") restates the
-question's numbers (a drift no reward looks at). Standard library only.
+question's numbers (a drift no reward looks at). From OUT/metrics.jsonl beside it: the watched pass
+rate and KL averaged over the first and second half of the steps, and the groups kept.
+Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl
 """
 import collections
 import json
+import os
 import re
 import sys
 
@@ -108,6 +111,20 @@ def main():
     if restated:
         steps = " ".join(f"{s + 1}:{c['same'] / c['n']:.2f}" for s, c in sorted(restated.items()))
         print(f"closing line restates the question, by step: {steps}")
+    metrics = os.path.join(os.path.dirname(sys.argv[1]), "metrics.jsonl")
+    if os.path.exists(metrics):
+        halves(metrics)
+
+
+def halves(path):
+    """Mean pass rate and KL over the first and second half of the run's steps; groups kept."""
+    steps = [json.loads(line) for line in open(path)]
+    first, second = steps[: (len(steps) + 1) // 2], steps[(len(steps) + 1) // 2 :]
+    for key, digits in (("pass_rate", 3), ("kl", 4)):
+        means = [sum(r[key] for r in part) / max(len(part), 1) for part in (first, second)]
+        print(f"{key} over steps 1-{len(first)} / {len(first) + 1}-{len(steps)}:"
+              f" {means[0]:.{digits}f} / {means[1]:.{digits}f}")
+    print(f"groups kept: {sum(r['groups_kept'] for r in steps)} of {sum(r['groups'] for r in steps)}")
 
 
 if __name__ == "__main__":
