@@ -14,7 +14,9 @@
 #   QUORUM (with POOL=vote: the share of the vote the leading answer needs, else the group abstains),
 #   JUDGE=MODEL (an LLM judge instead of the reward model: `nanbeige serve -m MODEL` on JUDGE_PORT,
 #   default 8091, started here and stopped at exit; it solves each prompt itself, --judge-solves;
-#   PAIRS is then unused, and no reward model is trained or evaluated).
+#   PAIRS is then unused, and no reward model is trained or evaluated),
+#   DATA=FILE (train prompts from this `data gen add`-style JSONL instead of the generator's 2000,
+#   e.g. from balance_add.py; held-out evaluation is unchanged).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -25,6 +27,7 @@ SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"; KL="${KL:-0}
 EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${POOL:-}" ] || EXTRA+=(--pool-answers "$([ "$POOL" = 1 ] && echo mean || echo "$POOL")")
 [ -z "${QUORUM:-}" ] || EXTRA+=(--vote-quorum "$QUORUM")
+PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"
 if [ -n "${JUDGE:-}" ]; then
@@ -41,7 +44,7 @@ else
         --lr "$RM_LR" 2> "$W/rm.log"
     REWARD=(--rm "$W/rm")
 fi
-/usr/bin/time -v "$BIN" train pairwise --model "$SFT" "${REWARD[@]}" --gen add --n 2000 --out "$W/pw" --steps "$STEPS" \
+/usr/bin/time -v "$BIN" train pairwise --model "$SFT" "${REWARD[@]}" "${PROMPT_SRC[@]}" --out "$W/pw" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --max-tokens 256 --batch-tokens 512 \
     --rollout-batch 48 --save-every "$SAVE_EVERY" --seed "$SEED" --kl "$KL" --watch-checker "${EXTRA[@]}" 2> "$W/train.log"
 # Sampled first: temperature-1 accuracy is where RL's held-out gain showed for GRPO (TRAINING.md).
