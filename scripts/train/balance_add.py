@@ -13,13 +13,21 @@ from by_case import case
 
 
 def main():
-    src, n, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    try:
+        src, n, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+        assert len(sys.argv) == 4 and n > 0 and 0 <= share <= 1
+    except (IndexError, ValueError, AssertionError):
+        sys.exit("usage: balance_add.py IN.jsonl N SHARE  (N > 0, SHARE between 0 and 1)")
     want_borrow = round(n * share)
     borrow, rest = [], []
-    for line in open(src):
-        r = json.loads(line)
-        prompt = next(m["content"] for m in r["messages"] if m["role"] == "user")
-        (borrow if case(prompt) == "subtraction, needs a borrow" else rest).append(line)
+    for lineno, line in enumerate(open(src), 1):
+        try:
+            r = json.loads(line)
+            prompt = next(m["content"] for m in r["messages"] if m["role"] == "user")
+            c = case(prompt)
+        except (ValueError, KeyError, TypeError, StopIteration, AttributeError):
+            sys.exit(f"{src}:{lineno}: not a `data gen add` problem")
+        (borrow if c == "subtraction, needs a borrow" else rest).append(line)
     if len(borrow) < want_borrow or len(rest) < n - want_borrow:
         sys.exit(f"{src}: {len(borrow)} borrow cases and {len(rest)} others, too few for {n} at share {share}")
     # Interleave so that any prefix of the file (and the trainer's draws from it) keeps the share.
