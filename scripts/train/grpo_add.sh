@@ -7,7 +7,8 @@
 #   env: STEPS, PROMPTS, GROUP, LR, SEED, BATCH_TOKENS, N_EVAL, LORA (rank; default full fine-tuning),
 #        TEMP (rollout temperature, default 1), DIGIT (weight of digit credit for wrong answers, default 0),
 #        DATA (train prompts from this `data gen add`-style JSONL, e.g. from balance_add.py, instead of
-#        the generator's 2000; held-out evaluation is unchanged)
+#        the generator's 2000; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
+#        each group is the greedy one: --greedy-first)
 # Evaluations already in WORKDIR (e.g. the SFT model's, copied from an earlier run) are kept.
 # Defaults are run 3 of the doc; run 2 was STEPS=25 LR=3e-6 SEED=2 BATCH_TOKENS=256.
 set -euo pipefail
@@ -15,12 +16,13 @@ BIN="${NANBEIGE_BIN:-nanbeige}"
 SFT="$1"; W="${2:-runs/grpo-add}"
 STEPS="${STEPS:-30}"; PROMPTS="${PROMPTS:-6}"; GROUP="${GROUP:-8}"; LR="${LR:-1e-5}"; SEED="${SEED:-3}"
 BATCH_TOKENS="${BATCH_TOKENS:-512}"; N_EVAL="${N_EVAL:-200}"; TEMP="${TEMP:-1}"; DIGIT="${DIGIT:-0}"
-LORA_FLAGS=(); [ -z "${LORA:-}" ] || LORA_FLAGS=(--lora "$LORA")
+FLAGS=(); [ -z "${LORA:-}" ] || FLAGS=(--lora "$LORA")
 PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
+[ -z "${GREEDY_FIRST:-}" ] || FLAGS+=(--greedy-first)
 mkdir -p "$W"
 /usr/bin/time -v "$BIN" train grpo --model "$SFT" "${PROMPT_SRC[@]}" --out "$W/grpo" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --digit-reward "$DIGIT" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \
-    --rollout-batch 48 --save-every 10 --seed "$SEED" "${LORA_FLAGS[@]}" 2> "$W/train.log"
+    --rollout-batch 48 --save-every 10 --seed "$SEED" "${FLAGS[@]}" 2> "$W/train.log"
 for m in sft grpo; do
     M="$SFT"; [ "$m" = grpo ] && M="$W/grpo"
     [ -s "$W/greedy-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \

@@ -16,7 +16,8 @@
 #   default 8091, started here and stopped at exit; it solves each prompt itself, --judge-solves;
 #   PAIRS is then unused, and no reward model is trained or evaluated),
 #   DATA=FILE (train prompts from this `data gen add`-style JSONL instead of the generator's 2000,
-#   e.g. from balance_add.py; held-out evaluation is unchanged).
+#   e.g. from balance_add.py; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
+#   each group is the greedy one: --greedy-first).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -27,6 +28,7 @@ SEED="${SEED:-3}"; N_EVAL="${N_EVAL:-200}"; RM_LR="${RM_LR:-1e-5}"; KL="${KL:-0}
 EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${POOL:-}" ] || EXTRA+=(--pool-answers "$([ "$POOL" = 1 ] && echo mean || echo "$POOL")")
 [ -z "${QUORUM:-}" ] || EXTRA+=(--vote-quorum "$QUORUM")
+[ -z "${GREEDY_FIRST:-}" ] || EXTRA+=(--greedy-first)
 PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"

@@ -120,6 +120,10 @@ pub struct RlArgs {
     /// Save the model every N steps (always at the end).
     #[arg(long, default_value_t = 0)]
     save_every: u64,
+    /// The first reply of each group is greedy (temperature 0), trained like the sampled ones: RL
+    /// then sees the answer greedy decoding gives, not only what sampling gets wrong.
+    #[arg(long)]
+    greedy_first: bool,
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -163,6 +167,7 @@ impl RlArgs {
             sync_every: self.sync_every,
             quiet: self.quiet,
             lora: self.lora.map(|r| nanbeige_train::lora::LoraSpec::new(r, self.lora_alpha, None)).transpose()?,
+            greedy_first: self.greedy_first,
         })
     }
 

@@ -62,6 +62,12 @@ pub struct GrpoOptions {
     pub quiet: bool,
     /// Train LoRA adapters instead of every weight (the saved model holds the merged weights).
     pub lora: Option<crate::lora::LoraSpec>,
+    /// The first reply of every group is the greedy one (temperature 0), scored and trained like
+    /// the samples. Sampled rollouts only show RL what T = 1 decoding gets wrong; the greedy reply
+    /// puts the answer a user gets by default into every group, so a wrong one is pushed down
+    /// where its tokens were uncertain (a token of probability ~1 has a gradient ~0). An
+    /// off-policy sample: the estimate is biased toward the greedy path, which is the point.
+    pub greedy_first: bool,
 }
 
 impl GrpoOptions {
@@ -91,6 +97,7 @@ impl GrpoOptions {
             sync_every: 0,
             quiet: false,
             lora: None,
+            greedy_first: false,
         }
     }
 }
@@ -118,9 +125,15 @@ pub enum Sampler<'a> {
     Remote { backend: &'a dyn Backend, parallel: usize },
 }
 
-fn gen_params(o: &GrpoOptions, seed: u64) -> GenParams {
+/// Whether reply `j` of a group is decoded greedily (`GrpoOptions::greedy_first`).
+fn is_greedy(o: &GrpoOptions, j: usize) -> bool {
+    o.greedy_first && j == 0
+}
+
+fn gen_params(o: &GrpoOptions, j: usize, seed: u64) -> GenParams {
     // Pure samples from the policy (no top-p/top-k truncation): the policy gradient assumes them.
-    let sampling = SamplingParams { temperature: o.temperature, top_p: 1.0, top_k: 0, seed: Some(seed), ..Default::default() };
+    let temperature = if is_greedy(o, j) { 0.0 } else { o.temperature };
+    let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed: Some(seed), ..Default::default() };
     GenParams { sampling, max_tokens: Some(o.max_tokens), ..Default::default() }
 }
 
@@ -132,7 +145,11 @@ pub fn rollouts_local(lm: &mut LoadedModel, items: &[&Item], o: &GrpoOptions, se
         let p = chat_prompt(&lm.text, lm.template.as_ref(), &it.messages, it.tools.as_ref(), true)?;
         for j in 0..o.group {
             let s = seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            reqs.push(BatchRequest { prompt: p.ids.clone(), opened_think: p.opened_think, params: gen_params(o, s) });
+            reqs.push(BatchRequest {
+                prompt: p.ids.clone(),
+                opened_think: p.opened_think,
+                params: gen_params(o, j, s),
+            });
         }
         prompts.push(p);
     }
@@ -167,9 +184,16 @@ pub fn rollouts_remote(
     o: &GrpoOptions,
     seed: u64,
 ) -> Result<Vec<Vec<Rollout>>> {
-    let sampling = Sampling { max_tokens: o.max_tokens, temperature: o.temperature, top_p: 1.0 };
-    let jobs: Vec<(usize, u64)> = (0..items.len())
-        .flat_map(|i| (0..o.group).map(move |j| (i, seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+    let sampling = |j| Sampling {
+        max_tokens: o.max_tokens,
+        temperature: if is_greedy(o, j) { 0.0 } else { o.temperature },
+        top_p: 1.0,
+    };
+    let jobs: Vec<(usize, usize, u64)> = (0..items.len())
+        .flat_map(|i| {
+            (0..o.group)
+                .map(move |j| (i, j, seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<Reply>>>> = jobs.iter().map(|_| Default::default()).collect();
@@ -177,15 +201,15 @@ pub fn rollouts_remote(
         for _ in 0..parallel.max(1).min(jobs.len()) {
             sc.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&(i, s)) = jobs.get(k) else { break };
-                let r = backend.chat(&items[i].messages, items[i].tools.as_ref(), &sampling, s);
+                let Some(&(i, j, s)) = jobs.get(k) else { break };
+                let r = backend.chat(&items[i].messages, items[i].tools.as_ref(), &sampling(j), s);
                 *results[k].lock().unwrap() = Some(r);
             });
         }
     });
     let end = lm.text.tokenizer.token_to_id("<|im_end|>").or(lm.eos_ids.first().copied());
     let mut out: Vec<Vec<Rollout>> = (0..items.len()).map(|_| vec![]).collect();
-    for ((i, _), r) in jobs.iter().zip(results) {
+    for ((i, _, _), r) in jobs.iter().zip(results) {
         let reply = r.into_inner().unwrap().context("rollout was not run")??;
         let p = chat_prompt(&lm.text, lm.template.as_ref(), &items[*i].messages, items[*i].tools.as_ref(), true)?;
         // The prompt may open `<think>` itself; the reply's text then repeats it.
@@ -352,6 +376,7 @@ pub fn train(
         // Score, normalize within groups, filter.
         let mut seqs = vec![];
         let (mut rewards_all, mut passed, mut lens, mut truncated, mut kept) = (vec![], 0usize, vec![], 0usize, 0usize);
+        let mut greedy_passed = 0usize;
         let mut samples = vec![];
         for (it, group) in batch.iter().zip(&groups) {
             let replies: Vec<Reply> = group.iter().map(|r| r.reply.clone()).collect();
@@ -359,6 +384,7 @@ pub fn train(
             let rewards: Vec<f64> = scored.iter().map(|s| s.reward).collect();
             rewards_all.extend(&rewards);
             passed += scored.iter().filter(|s| s.passed).count();
+            greedy_passed += usize::from(o.greedy_first && scored.first().is_some_and(|s| s.passed));
             for r in group {
                 lens.push(r.completion_ids.len() as f64);
                 truncated += usize::from(r.truncated);
@@ -374,7 +400,8 @@ pub fn train(
                         "tokens": r.completion_ids.len(), "extra": s.extra})
                 })
                 .collect();
-            rollout_log.write(&json!({"step": step, "id": it.id, "replies": logged}))?;
+            rollout_log
+                .write(&json!({"step": step, "id": it.id, "greedy_first": o.greedy_first, "replies": logged}))?;
             let pass_flags: Vec<f64> = scored.iter().map(|s| f64::from(u8::from(s.passed))).collect();
             let useful = if !o.filter {
                 true
@@ -416,6 +443,10 @@ pub fn train(
         if let (Some(Value::Object(m)), Value::Object(r)) = (reward.step_stats(), &mut rec) {
             r.extend(m);
         }
+        if o.greedy_first {
+            // What the policy answers by default on this step's prompts (the pass rate mixes it in).
+            rec["greedy_pass_rate"] = json!(greedy_passed as f64 / batch.len() as f64);
+        }
         log.write(&rec)?;
         if !o.quiet {
             eprintln!(
@@ -427,6 +458,9 @@ pub fn train(
                 batch.len(),
                 rec["kl"].as_f64().unwrap_or(0.0),
             );
+            if let Some(g) = rec["greedy_pass_rate"].as_f64() {
+                eprintln!("  greedy replies right: {g:.2}");
+            }
             if let Some(n) = rec["checked_pairs"].as_u64().filter(|&n| n > 0) {
                 let pooled = rec["pooled_ranked"].as_f64().map(|p| format!(", pooled {p:.2}")).unwrap_or_default();
                 let judged = rec["judge_ranked"].as_f64().unwrap_or(0.0);

@@ -380,3 +380,41 @@ fn update_logprobs_are_the_samplers() {
     }
     assert!(checked > 20, "{checked} tokens checked");
 }
+
+/// `greedy_first`: the first reply of every group is the greedy one. With the policy held still
+/// (lr 0) it is the same text each time its prompt comes back, where the sampled replies differ,
+/// and each step logs the greedy replies' pass rate.
+#[test]
+fn greedy_first_puts_the_greedy_reply_in_each_group() {
+    let d = common::tmp("rl-greedy");
+    let out = d.join("out");
+    let model = tiny_chat_model(&d);
+    let items: Vec<Item> =
+        ["cat", "dog"].iter().map(|w| items::item(&json!({"question": w, "answer": "1"}), Kind::Math).unwrap()).collect();
+    let mut lm = nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+    let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+    let o = GrpoOptions { greedy_first: true, lr: 0.0, ..options(&out, 4) };
+    grpo::train(&mut lm, None, &origin, &items, &LetterE, Sampler::Local, &o).unwrap();
+    let groups: Vec<serde_json::Value> = std::fs::read_to_string(out.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(groups.len(), 8);
+    for it in &items {
+        let reply = |j: usize| -> Vec<String> {
+            groups.iter().filter(|g| g["id"] == it.id.as_str()).map(|g| g["replies"][j]["text"].to_string()).collect()
+        };
+        let (first, second) = (reply(0), reply(1));
+        assert_eq!(first.len(), 4, "each prompt comes back every step");
+        assert!(first.iter().all(|t| *t == first[0]), "greedy replies differ: {first:?}");
+        assert!(second.iter().any(|t| *t != second[0]), "sampled replies all alike: {second:?}");
+    }
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for l in log.lines() {
+        let rec: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(rec["greedy_pass_rate"].as_f64().is_some_and(|g| (0.0..=1.0).contains(&g)), "{rec}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
