@@ -10,10 +10,11 @@ limit unlabelled. Also: groups with no right reply, and how much of such a group
 and the share of the push (the sum of |reward - group mean|) that lands in groups with no right
 reply; and, per step, how often an `add` reply's closing line ("So a + b = ...") restates the
 question's numbers (a drift no reward looks at). From OUT/metrics.jsonl beside it: the watched pass
-rate and KL averaged over the first and second half of the steps, and the groups kept.
-Standard library only.
+rate, KL and (with `--greedy-first`) the greedy replies' pass rate averaged over the first and second
+half of the steps, and the groups kept; given OUT/metrics.jsonl itself (any RL run, GRPO too), only
+that. Standard library only.
 
-  rollout_stats.py OUT/rollouts.jsonl
+  rollout_stats.py OUT/rollouts.jsonl | OUT/metrics.jsonl
 """
 import collections
 import json
@@ -51,6 +52,9 @@ def vote_shares(answers, win):
 
 
 def main():
+    if os.path.basename(sys.argv[1]) == "metrics.jsonl":
+        halves(sys.argv[1])
+        return
     totals = collections.Counter()
     quorum = {q: collections.Counter() for q in QUORUMS}
     restated = collections.defaultdict(collections.Counter)
@@ -120,7 +124,9 @@ def halves(path):
     """Mean pass rate and KL over the first and second half of the run's steps; groups kept."""
     steps = [json.loads(line) for line in open(path)]
     first, second = steps[: (len(steps) + 1) // 2], steps[(len(steps) + 1) // 2 :]
-    for key, digits in (("pass_rate", 3), ("kl", 4)):
+    for key, digits in (("pass_rate", 3), ("kl", 4), ("greedy_pass_rate", 3)):
+        if any(key not in r for r in steps):
+            continue
         means = [sum(r[key] for r in part) / max(len(part), 1) for part in (first, second)]
         print(f"{key} over steps 1-{len(first)} / {len(first) + 1}-{len(steps)}:"
               f" {means[0]:.{digits}f} / {means[1]:.{digits}f}")
