@@ -12,7 +12,8 @@ reply; and, per step, how often an `add` reply's closing line ("So a + b = ...")
 question's numbers (a drift no reward looks at). From OUT/metrics.jsonl beside it: the watched pass
 rate, KL and (with `--greedy-first`) the greedy replies' pass rate averaged over the first and second
 half of the steps, and the groups kept; given OUT/metrics.jsonl itself (any RL run, GRPO too), only
-that. Standard library only.
+that, and for an `add` run with `--greedy-first` the greedy replies right by case (by_case.py's) and
+half. Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl | OUT/metrics.jsonl
 """
@@ -21,6 +22,8 @@ import json
 import os
 import re
 import sys
+
+from by_case import case
 
 
 def ranked(values, labels):
@@ -54,6 +57,7 @@ def vote_shares(answers, win):
 def main():
     if os.path.basename(sys.argv[1]) == "metrics.jsonl":
         halves(sys.argv[1])
+        greedy_by_case(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
         return
     totals = collections.Counter()
     quorum = {q: collections.Counter() for q in QUORUMS}
@@ -131,6 +135,27 @@ def halves(path):
         print(f"{key} over steps 1-{len(first)} / {len(first) + 1}-{len(steps)}:"
               f" {means[0]:.{digits}f} / {means[1]:.{digits}f}")
     print(f"groups kept: {sum(r['groups_kept'] for r in steps)} of {sum(r['groups'] for r in steps)}")
+
+
+def greedy_by_case(path):
+    """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half."""
+    if not os.path.exists(path):
+        return
+    groups = [json.loads(line) for line in open(path)]
+    if not groups or not groups[0].get("greedy_first"):
+        return
+    last = max(g["step"] for g in groups)
+    tally = collections.defaultdict(lambda: [0, 0])
+    for g in groups:
+        first = g["replies"][0]
+        asked = re.search(r"(?:Add|Subtract) (\d+ [-+] \d+)", first["text"])
+        if asked:
+            row = tally[(case("What is " + asked.group(1)), g["step"] <= last // 2)]
+            row[0] += first["passed"]
+            row[1] += 1
+    for name in sorted({k for k, _ in tally}):
+        (a, n), (b, m) = tally[(name, True)], tally[(name, False)]
+        print(f"greedy replies right, {name}: {a} of {n} in the first half, {b} of {m} in the second")
 
 
 if __name__ == "__main__":
