@@ -92,24 +92,6 @@ impl Buffer {
     }
 }
 
-/// Ask for 2 MiB pages on the whole huge pages inside `[ptr, ptr + len)` of memory someone else
-/// allocated (e.g. a Vec the bf16 weights are about to be copied into), before it is first
-/// written: pages already faulted in stay small. Advice only; contents never change.
-pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        let start = ptr.wrapping_add(ptr.align_offset(HUGE));
-        let end = (ptr as usize + len) / HUGE * HUGE;
-        if (start as usize) < end {
-            // SAFETY: the range lies inside the caller's allocation; madvise never changes
-            // contents, and a refusal (THP off) only leaves the pages small.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start as usize, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, len);
-}
-
 impl Drop for Buffer {
     fn drop(&mut self) {
         match self.source {

@@ -242,13 +242,8 @@ impl WeightSource {
                 let bytes = mmap
                     .get(e.start..e.end)
                     .with_context(|| format!("{}: tensor `{hf_name}` lies outside the file", path.display()))?;
-                let t = match e.dtype {
-                    // Used in place by decode (float.rs), so worth 2 MiB pages (kernels' buffer.rs).
-                    DType::BF16 if target(e.dtype) == e.dtype => on_huge_pages::<half::bf16>(bytes, &e.shape),
-                    DType::F16 if target(e.dtype) == e.dtype => on_huge_pages::<half::f16>(bytes, &e.shape),
-                    _ => Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu),
-                }
-                .with_context(|| format!("reading tensor `{hf_name}`"))?;
+                let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu)
+                    .with_context(|| format!("reading tensor `{hf_name}`"))?;
                 let t = t.to_dtype(target(e.dtype))?;
                 // The copy is made; drop the mapped pages so peak memory stays one model's worth.
                 // SAFETY: nothing else borrows this range after the copy above.
@@ -299,25 +294,6 @@ impl WeightSource {
     }
 }
 
-/// A half-precision tensor copied from the file into a vector whose whole 2 MiB pages were marked
-/// for huge pages before the copy, so decode streams it without a TLB miss every 4 KiB (bf16
-/// decode 4.30-4.39 tok/s on 4 KiB pages, docs/PERFORMANCE.md). One copy, as before.
-fn on_huge_pages<T: candle_core::WithDType>(bytes: &[u8], shape: &[usize]) -> candle_core::Result<Tensor> {
-    let n = bytes.len() / std::mem::size_of::<T>();
-    if n * std::mem::size_of::<T>() != bytes.len() {
-        candle_core::bail!("{} bytes is not a whole number of {:?} values", bytes.len(), T::DTYPE);
-    }
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    nanbeige_kernels::buffer::advise_huge_pages(v.as_mut_ptr() as *mut u8, bytes.len());
-    // SAFETY: the vector has room for n values of T, which are plain 2-byte numbers any bit pattern
-    // of which is valid; the file stores them little-endian, as this machine does (x86-64/aarch64).
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len());
-        v.set_len(n);
-    }
-    Tensor::from_vec(v, shape, &Device::Cpu)
-}
-
 /// Hands memory the allocator holds free back to the OS. A GGUF tensor is read into the heap and
 /// repacked into its own mapping (kernels' buffer.rs), so without this the freed reads pile up
 /// (the CLI tells glibc not to trim on its own, for prefill's sake): 0.9 GB more resident while
@@ -335,8 +311,7 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    /// Half-precision tensors on either side of 2 MiB load bit for bit (the large ones go through
-    /// `on_huge_pages`), and a dtype change still converts.
+    /// Half-precision tensors, small and over 2 MiB, load bit for bit, and a dtype change converts.
     #[test]
     fn half_precision_tensors_load_bit_for_bit() {
         let dir = std::env::temp_dir().join(format!("nanbeige-weights-{}", std::process::id()));
