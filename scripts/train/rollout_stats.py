@@ -122,10 +122,11 @@ def main():
     metrics = os.path.join(os.path.dirname(sys.argv[1]), "metrics.jsonl")
     if os.path.exists(metrics):
         halves(metrics)
+    greedy_by_case(sys.argv[1])
 
 
 def halves(path):
-    """Mean pass rate and KL over the first and second half of the run's steps; groups kept."""
+    """Mean pass rate, KL and greedy pass rate (if logged) over each half of the steps; groups kept."""
     steps = [json.loads(line) for line in open(path)]
     first, second = steps[: (len(steps) + 1) // 2], steps[(len(steps) + 1) // 2 :]
     for key, digits in (("pass_rate", 3), ("kl", 4), ("greedy_pass_rate", 3)):
@@ -138,7 +139,9 @@ def halves(path):
 
 
 def greedy_by_case(path):
-    """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half."""
+    """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half.
+    The case is that of the problem the reply's first line restates ("Subtract a - b ..."): the log
+    keeps the prompt's id, not its text; the replies restate it right nearly always."""
     if not os.path.exists(path):
         return
     groups = [json.loads(line) for line in open(path)]
