@@ -140,8 +140,8 @@ def halves(path):
 
 def greedy_by_case(path):
     """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half.
-    The case is that of the problem the reply's first line restates ("Subtract a - b ..."): the log
-    keeps the prompt's id, not its text; the replies restate it right nearly always."""
+    Logs written before the prompt was logged too: the case of the problem the reply's first line
+    restates ("Subtract a - b ..."), which the replies get right nearly always."""
     if not os.path.exists(path):
         return
     groups = [json.loads(line) for line in open(path)]
@@ -151,7 +151,9 @@ def greedy_by_case(path):
     tally = collections.defaultdict(lambda: [0, 0])
     for g in groups:
         first = g["replies"][0]
-        asked = re.search(r"(?:Add|Subtract) (\d+ [-+] \d+)", first["text"])
+        user = [m["content"] for m in g.get("prompt", []) if m.get("role") == "user"]
+        asked = re.search(r"(\d+ [-+] \d+)", user[0]) if user else None
+        asked = asked or re.search(r"(?:Add|Subtract) (\d+ [-+] \d+)", first["text"])
         if asked:
             row = tally[(case("What is " + asked.group(1)), g["step"] <= last // 2)]
             row[0] += first["passed"]

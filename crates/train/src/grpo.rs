@@ -401,7 +401,8 @@ pub fn train(
                 })
                 .collect();
             rollout_log
-                .write(&json!({"step": step, "id": it.id, "greedy_first": o.greedy_first, "replies": logged}))?;
+                .write(&json!({"step": step, "id": it.id, "prompt": it.messages, "greedy_first": o.greedy_first,
+                    "replies": logged}))?;
             let pass_flags: Vec<f64> = scored.iter().map(|s| f64::from(u8::from(s.passed))).collect();
             let useful = if !o.filter {
                 true

@@ -408,6 +408,7 @@ fn greedy_first_puts_the_greedy_reply_in_each_group() {
         };
         let (first, second) = (reply(0), reply(1));
         assert_eq!(first.len(), 4, "each prompt comes back every step");
+        assert!(groups.iter().filter(|g| g["id"] == it.id.as_str()).all(|g| g["prompt"] == it.messages));
         assert!(first.iter().all(|t| *t == first[0]), "greedy replies differ: {first:?}");
         assert!(second.iter().any(|t| *t != second[0]), "sampled replies all alike: {second:?}");
     }
