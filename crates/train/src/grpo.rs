@@ -130,6 +130,11 @@ fn is_greedy(o: &GrpoOptions, j: usize) -> bool {
     o.greedy_first && j == 0
 }
 
+/// The sampling seed of reply `j` to item `i` in a step seeded `seed` (local and remote alike).
+fn reply_seed(seed: u64, i: usize, j: usize) -> u64 {
+    seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 fn gen_params(o: &GrpoOptions, j: usize, seed: u64) -> GenParams {
     // Pure samples from the policy (no top-p/top-k truncation): the policy gradient assumes them.
     let temperature = if is_greedy(o, j) { 0.0 } else { o.temperature };
@@ -144,12 +149,8 @@ pub fn rollouts_local(lm: &mut LoadedModel, items: &[&Item], o: &GrpoOptions, se
     for (i, it) in items.iter().enumerate() {
         let p = chat_prompt(&lm.text, lm.template.as_ref(), &it.messages, it.tools.as_ref(), true)?;
         for j in 0..o.group {
-            let s = seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            reqs.push(BatchRequest {
-                prompt: p.ids.clone(),
-                opened_think: p.opened_think,
-                params: gen_params(o, j, s),
-            });
+            let params = gen_params(o, j, reply_seed(seed, i, j));
+            reqs.push(BatchRequest { prompt: p.ids.clone(), opened_think: p.opened_think, params });
         }
         prompts.push(p);
     }
@@ -189,12 +190,8 @@ pub fn rollouts_remote(
         temperature: if is_greedy(o, j) { 0.0 } else { o.temperature },
         top_p: 1.0,
     };
-    let jobs: Vec<(usize, usize, u64)> = (0..items.len())
-        .flat_map(|i| {
-            (0..o.group)
-                .map(move |j| (i, j, seed ^ ((i as u64) << 32) ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-        })
-        .collect();
+    let jobs: Vec<(usize, usize, u64)> =
+        (0..items.len()).flat_map(|i| (0..o.group).map(move |j| (i, j, reply_seed(seed, i, j)))).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<Reply>>>> = jobs.iter().map(|_| Default::default()).collect();
     std::thread::scope(|sc| {
