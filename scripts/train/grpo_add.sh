@@ -8,7 +8,8 @@
 #        TEMP (rollout temperature, default 1), DIGIT (weight of digit credit for wrong answers, default 0),
 #        DATA (train prompts from this `data gen add`-style JSONL, e.g. from balance_add.py, instead of
 #        the generator's 2000; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
-#        each group is the greedy one: --greedy-first)
+#        each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from
+#        its first step off the worked solution: --process-credit)
 # Evaluations already in WORKDIR (e.g. the SFT model's, copied from an earlier run) are kept.
 # Defaults are run 3 of the doc; run 2 was STEPS=25 LR=3e-6 SEED=2 BATCH_TOKENS=256.
 set -euo pipefail
@@ -19,6 +20,7 @@ BATCH_TOKENS="${BATCH_TOKENS:-512}"; N_EVAL="${N_EVAL:-200}"; TEMP="${TEMP:-1}";
 FLAGS=(); [ -z "${LORA:-}" ] || FLAGS=(--lora "$LORA")
 PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
 [ -z "${GREEDY_FIRST:-}" ] || FLAGS+=(--greedy-first)
+[ -z "${PROCESS_CREDIT:-}" ] || FLAGS+=(--process-credit)
 mkdir -p "$W"
 /usr/bin/time -v "$BIN" train grpo --model "$SFT" "${PROMPT_SRC[@]}" --out "$W/grpo" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --digit-reward "$DIGIT" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \

@@ -124,6 +124,10 @@ pub struct RlArgs {
     /// then sees the answer greedy decoding gives, not only what sampling gets wrong.
     #[arg(long)]
     greedy_first: bool,
+    /// Process credit on arithmetic prompts: the tokens of a failing reply that match the worked
+    /// solution from its start get no negative advantage (the blame starts at the first wrong step).
+    #[arg(long)]
+    process_credit: bool,
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -168,6 +172,7 @@ impl RlArgs {
             quiet: self.quiet,
             lora: self.lora.map(|r| nanbeige_train::lora::LoraSpec::new(r, self.lora_alpha, None)).transpose()?,
             greedy_first: self.greedy_first,
+            process_credit: self.process_credit,
         })
     }
 

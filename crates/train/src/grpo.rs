@@ -68,6 +68,13 @@ pub struct GrpoOptions {
     /// where its tokens were uncertain (a token of probability ~1 has a gradient ~0). An
     /// off-policy sample: the estimate is biased toward the greedy path, which is the point.
     pub greedy_first: bool,
+    /// Process credit where a worked solution is known (arithmetic prompts, `arith::solve`): a
+    /// failing reply's tokens that match the worked solution from its start are right, so they
+    /// get no negative advantage; the negative falls on the first token that leaves the method and
+    /// on what follows. Without it a failing reply pushes down the correct steps before its error
+    /// too (on `add`: the right borrows of replies that slip later, so the policy learns to borrow
+    /// less).
+    pub process_credit: bool,
 }
 
 impl GrpoOptions {
@@ -98,6 +105,7 @@ impl GrpoOptions {
             quiet: false,
             lora: None,
             greedy_first: false,
+            process_credit: false,
         }
     }
 }
@@ -219,6 +227,31 @@ pub fn rollouts_remote(
         out[*i].push(Rollout { prompt_ids: p.ids, completion_ids, reply, truncated });
     }
     Ok(out)
+}
+
+/// The tokens the policy should write after the prompt of `item` when its worked solution is known
+/// (`arith::solve` of the last user message): the assistant turn of the SFT data, tokenized as SFT
+/// tokenized it (after the template's generation prompt, so a prompt that opens `<think>` is
+/// handled). None for other prompts or a model without a chat template.
+pub fn reference_completion(lm: &LoadedModel, item: &Item) -> Result<Option<Vec<u32>>> {
+    let Some(template) = lm.template.as_ref() else { return Ok(None) };
+    let Some(msgs) = item.messages.as_array() else { return Ok(None) };
+    let last = msgs.last().filter(|m| m["role"] == "user").and_then(|m| m["content"].as_str());
+    let Some(ex) = last.and_then(nanbeige_eval::tasks::arith::solve) else { return Ok(None) };
+    let mut conv = msgs.clone();
+    conv.push(json!({"role": "assistant", "reasoning_content": ex.reasoning, "content": ex.content}));
+    let (ids, mask) = crate::data::tokenize_chat(&lm.text, template, &Value::Array(conv), item.tools.as_ref())?;
+    Ok(Some(ids.into_iter().zip(mask).filter(|(_, m)| *m).map(|(t, _)| t).collect()))
+}
+
+/// Process credit for one failing reply: untrain (clear `mask` on) the completion tokens that
+/// equal `reference` from the start; `mask` covers prompt + completion. Returns how many.
+pub fn clear_verified_prefix(mask: &mut [bool], prompt_len: usize, completion: &[u32], reference: &[u32]) -> usize {
+    let n = completion.iter().zip(reference).take_while(|(a, b)| a == b).count();
+    for m in &mut mask[prompt_len..prompt_len + n] {
+        *m = false;
+    }
+    n
 }
 
 /// A training sequence: its tokens, which of them are the reply (trained), and its advantage.
@@ -374,6 +407,9 @@ pub fn train(
         let mut seqs = vec![];
         let (mut rewards_all, mut passed, mut lens, mut truncated, mut kept) = (vec![], 0usize, vec![], 0usize, 0usize);
         let mut greedy_passed = 0usize;
+        // Process credit: negative-advantage tokens trained and cleared; passing replies that are
+        // exactly the worked solution (how well the reference matches what the policy writes).
+        let (mut negative_tokens, mut cleared, mut passed_checked, mut passed_exact) = (0usize, 0usize, 0usize, 0usize);
         let mut samples = vec![];
         for (it, group) in batch.iter().zip(&groups) {
             let replies: Vec<Reply> = group.iter().map(|r| r.reply.clone()).collect();
@@ -412,11 +448,21 @@ pub fn train(
                 continue;
             }
             kept += 1;
-            for (r, a) in group.iter().zip(rl::group_advantages(&rewards, o.scale_std)) {
+            let reference = if o.process_credit { reference_completion(lm, it)? } else { None };
+            for ((r, a), s) in group.iter().zip(rl::group_advantages(&rewards, o.scale_std)).zip(&scored) {
                 let weight = if o.mask_overlong && r.truncated { 0.0 } else { 1.0 };
                 let mut ids = r.prompt_ids.clone();
                 ids.extend(&r.completion_ids);
-                let mask = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
+                let mut mask: Vec<bool> = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
+                if let Some(reference) = &reference {
+                    if a < 0.0 && weight > 0.0 {
+                        negative_tokens += r.completion_ids.len();
+                        cleared += clear_verified_prefix(&mut mask, r.prompt_ids.len(), &r.completion_ids, reference);
+                    } else if s.passed {
+                        passed_checked += 1;
+                        passed_exact += usize::from(reference.starts_with(&r.completion_ids));
+                    }
+                }
                 seqs.push(Seq { ids, mask, adv: a as f32, weight });
             }
         }
@@ -445,6 +491,10 @@ pub fn train(
             // What the policy answers by default on this step's prompts (the pass rate mixes it in).
             rec["greedy_pass_rate"] = json!(greedy_passed as f64 / batch.len() as f64);
         }
+        if o.process_credit {
+            rec["process_cleared"] = json!(cleared as f64 / negative_tokens.max(1) as f64);
+            rec["passed_exact"] = json!(passed_exact as f64 / passed_checked.max(1) as f64);
+        }
         log.write(&rec)?;
         if !o.quiet {
             eprintln!(
@@ -458,6 +508,10 @@ pub fn train(
             );
             if let Some(g) = rec["greedy_pass_rate"].as_f64() {
                 eprintln!("  greedy replies right: {g:.2}");
+            }
+            if let Some(c) = rec["process_cleared"].as_f64() {
+                let exact = rec["passed_exact"].as_f64().unwrap_or(0.0);
+                eprintln!("  process credit: {c:.2} of failing tokens verified right; passing replies exact {exact:.2}");
             }
             if let Some(n) = rec["checked_pairs"].as_u64().filter(|&n| n > 0) {
                 let pooled = rec["pooled_ranked"].as_f64().map(|p| format!(", pooled {p:.2}")).unwrap_or_default();

@@ -419,3 +419,87 @@ fn greedy_first_puts_the_greedy_reply_in_each_group() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// An endpoint that answers every prompt with the given texts in turn (one per reply of a group).
+struct Scripted {
+    replies: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
+}
+impl nanbeige_eval::backend::Backend for Scripted {
+    fn chat(
+        &self,
+        _: &serde_json::Value,
+        _: Option<&serde_json::Value>,
+        _: &nanbeige_eval::backend::Sampling,
+        _: u64,
+    ) -> anyhow::Result<Reply> {
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let text = self.replies[k % self.replies.len()].clone();
+        Ok(Reply { text, tool_calls: vec![], completion_tokens: 0, finish_reason: "stop".into() })
+    }
+    fn parallel_ok(&self) -> bool {
+        true
+    }
+}
+
+/// Process credit on an arithmetic prompt. A group of the worked solution (right) and a reply
+/// that copies it up to the tens column and then skips the borrow (wrong): the tokens they share
+/// are right, so the wrong reply's negative advantage must not reach them. With process credit one
+/// step pushes the shared prefix up (only the right reply trains it); without, the two replies'
+/// equal and opposite advantages cancel on it (Adam still moves it a little through the shared weights).
+#[test]
+fn process_credit_spares_the_right_steps_of_a_wrong_reply() {
+    let d = common::tmp("rl-process");
+    let model = tiny_chat_model(&d);
+    let item = items::item(&json!({"question": "What is 352 - 127?", "answer": "225"}), Kind::Math).unwrap();
+    let load = || nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let lm = load();
+    let reference = grpo::reference_completion(&lm, &item).unwrap().expect("an arithmetic prompt has a worked solution");
+    let right = lm.text.tokenizer.decode(&reference, true).unwrap().trim_end().to_string();
+    assert!(right.contains("ones: 2 is less than 7, borrow 10: 12 - 7 = 5.") && right.ends_with("Answer: 225"), "{right}");
+    let cut = right.find("tens:").unwrap();
+    let wrong = format!("{}tens: 5 - 2 = 3.\nhundreds: 3 - 1 = 2.\nSo 352 - 127 = 235.\n</think>\n\nAnswer: 235", &right[..cut]);
+    let items = vec![item];
+    let run = |process_credit: bool| -> (f64, serde_json::Value) {
+        let out = d.join(format!("out-{process_credit}"));
+        let mut lm = load();
+        let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+        let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+        let backend = Scripted { replies: vec![right.clone(), wrong.clone()], next: Default::default() };
+        let o = GrpoOptions { process_credit, group: 2, prompts_per_step: 1, lr: 1e-5, max_tokens: 400, ..options(&out, 1) };
+        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
+        let prefix_logprob = |lm: &nanbeige_engine::LoadedModel| {
+            let p = nanbeige_engine::prompt::chat_prompt(&lm.text, lm.template.as_ref(), &items[0].messages, None, true)
+                .unwrap();
+            let shared = lm.text.tokenizer.encode(&right[..cut], false).unwrap();
+            let mut ids = p.ids.clone();
+            ids.extend(&shared);
+            let mask: Vec<bool> = (0..ids.len()).map(|i| i >= p.ids.len()).collect();
+            let mut row = nanbeige_train::data::Packed::default();
+            row.push(&nanbeige_train::data::Example { ids, mask, line: 0 });
+            let logits = lm.model.forward_packed(&row.ids, &row.positions, &row.segments).unwrap();
+            let lp = nanbeige_train::loss::token_logprobs(&logits, &row.targets).unwrap().to_vec1::<f32>().unwrap();
+            lp.iter().zip(&row.weights).map(|(l, w)| (l * w) as f64).sum::<f64>()
+        };
+        let before = prefix_logprob(&lm);
+        let sampler = Sampler::Remote { backend: &backend, parallel: 1 };
+        grpo::train(&mut lm, None, &origin, &items, &checker, sampler, &o).unwrap();
+        let rec: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap())
+                .unwrap();
+        assert_eq!(rec["pass_rate"], 0.5, "{rec}");
+        (prefix_logprob(&lm) - before, rec)
+    };
+    let (with, rec) = run(true);
+    let (without, plain) = run(false);
+    // The wrong reply's tokens: the shared prefix is verified, the rest is blamed.
+    let wrong_ids = lm.text.tokenizer.encode(&wrong, false).unwrap();
+    let shared = wrong_ids.iter().zip(&reference).take_while(|(a, b)| a == b).count();
+    assert!(shared >= 15, "{shared}");
+    let want = shared as f64 / (wrong_ids.len() + 1) as f64; // + the end-of-turn token
+    assert!((rec["process_cleared"].as_f64().unwrap() - want).abs() < 1e-9, "{rec} vs {want}");
+    assert_eq!(rec["passed_exact"], 1.0, "the right reply is the worked solution token for token");
+    assert!(plain.get("process_cleared").is_none());
+    assert!(with > 1.0 && with > 3.0 * without.abs(), "prefix log-prob change: {with} with, {without} without");
+    std::fs::remove_dir_all(&d).unwrap();
+}

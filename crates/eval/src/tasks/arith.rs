@@ -39,6 +39,23 @@ pub fn draw_easy(rng: &mut Rng) -> Example {
     ex
 }
 
+/// The worked example for an arithmetic prompt as `draw` and `draw_easy` write it ("What is A op
+/// B?" with op `+`, `-` (A >= B) or `×`), or None for any other text. RL uses it to find where a
+/// failing reply first leaves the method (process credit in the train crate's grpo.rs).
+pub fn solve(prompt: &str) -> Option<Example> {
+    let body = prompt.trim().strip_prefix("What is ")?.strip_suffix('?')?;
+    let [a, op, b] = body.split(' ').collect::<Vec<_>>()[..] else { return None };
+    // At most 9 digits each: the product stays far inside i64.
+    let num = |s: &str| (s.len() <= 9 && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse::<i64>().ok())?;
+    let (a, b) = (num(a)?, num(b)?);
+    match op {
+        "+" => Some(make(a, '+', b, add_steps(a, b), a + b)),
+        "-" if a >= b => Some(make(a, '-', b, sub_steps(a, b), a - b)),
+        "×" => Some(make(a, '×', b, mul_steps(a, b), a * b)),
+        _ => None,
+    }
+}
+
 /// A number with between `lo` and `hi` digits.
 fn num(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
     let d = rng.range(lo, hi) as u32;
@@ -198,5 +215,19 @@ mod tests {
             let want = e.answer.as_str().unwrap();
             assert!(e.reasoning.trim_end().ends_with(&format!("= {want}.")), "{}", e.reasoning);
         }
+    }
+
+    #[test]
+    fn solve_rebuilds_the_generated_example_from_its_prompt() {
+        let mut rng = Rng::new(5);
+        for i in 0..400 {
+            let e = if i % 2 == 0 { draw(&mut rng) } else { draw_easy(&mut rng) };
+            let s = solve(&e.prompt).unwrap_or_else(|| panic!("{}", e.prompt));
+            assert_eq!((s.reasoning, s.content, s.answer), (e.reasoning, e.content, e.answer));
+        }
+        for bad in ["What is 3 - 5?", "What is 12 / 4?", "What is 1 + 2", "What is -1 + 2?", "What is 1 +  2?", "hi"] {
+            assert!(solve(bad).is_none(), "{bad}");
+        }
+        assert!(solve("What is 1234567890 × 2?").is_none(), "ten digits could overflow a product");
     }
 }
