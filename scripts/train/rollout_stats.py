@@ -13,7 +13,8 @@ question's numbers (a drift no reward looks at). From OUT/metrics.jsonl beside i
 rate, KL and (with `--greedy-first`) the greedy replies' pass rate averaged over the first and second
 half of the steps, and the groups kept; given OUT/metrics.jsonl itself (any RL run, GRPO too), only
 that, and for an `add` run with `--greedy-first` the greedy replies right by case (by_case.py's) and
-half. Standard library only.
+half. For `add` runs also: how often replies borrow in the ones column, when it needs a borrow and
+when not, and how often those replies pass, by half. Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl | OUT/metrics.jsonl
 """
@@ -58,6 +59,7 @@ def main():
     if os.path.basename(sys.argv[1]) == "metrics.jsonl":
         halves(sys.argv[1])
         greedy_by_case(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
+        ones_borrows(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
         return
     totals = collections.Counter()
     quorum = {q: collections.Counter() for q in QUORUMS}
@@ -123,13 +125,16 @@ def main():
     if os.path.exists(metrics):
         halves(metrics)
     greedy_by_case(sys.argv[1])
+    ones_borrows(sys.argv[1])
 
 
 def halves(path):
-    """Mean pass rate, KL and greedy pass rate (if logged) over each half of the steps; groups kept."""
+    """Mean pass rate, KL, greedy pass rate and process credit's shares (if logged) over each half of
+    the steps; groups kept."""
     steps = [json.loads(line) for line in open(path)]
     first, second = steps[: (len(steps) + 1) // 2], steps[(len(steps) + 1) // 2 :]
-    for key, digits in (("pass_rate", 3), ("kl", 4), ("greedy_pass_rate", 3)):
+    for key, digits in (("pass_rate", 3), ("kl", 4), ("greedy_pass_rate", 3), ("process_cleared", 3),
+                        ("passed_exact", 3)):
         if any(key not in r for r in steps):
             continue
         means = [sum(r[key] for r in part) / max(len(part), 1) for part in (first, second)]
@@ -161,6 +166,53 @@ def greedy_by_case(path):
     for name in sorted({k for k, _ in tally}):
         (a, n), (b, m) = tally[(name, True)], tally[(name, False)]
         print(f"greedy replies right, {name}: {a} of {n} in the first half, {b} of {m} in the second")
+
+
+def ones_borrows(path):
+    """On `add` subtractions: how often the rollouts borrow in the ones column ("ones: 3 is less than
+    6, borrow 10"), split by whether the ones column needs it, and how often such replies pass, by
+    half of the steps. The decision the greedy answer turns on."""
+    if not os.path.exists(path):
+        return
+    groups = [json.loads(line) for line in open(path)]
+    if not groups:
+        return
+    last = max(g["step"] for g in groups)
+    # (needed, first half) -> [replies, borrowed, borrowed and passed, not borrowed and passed]
+    tally = collections.defaultdict(lambda: [0, 0, 0, 0])
+    # (needed, first half) -> [groups, groups with some passing and some failing replies]
+    signal = collections.defaultdict(lambda: [0, 0])
+    for g in groups:
+        user = [m["content"] for m in g.get("prompt", []) if m.get("role") == "user"]
+        asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
+        asked = asked or re.search(r"Subtract (\d+) - (\d+)", g["replies"][0]["text"])
+        if asked:
+            passed = [r["passed"] for r in g["replies"]]
+            row = signal[(int(asked.group(1)) % 10 < int(asked.group(2)) % 10, g["step"] <= last // 2)]
+            row[0] += 1
+            row[1] += any(passed) and not all(passed)
+        for r in g["replies"]:
+            asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
+            asked = asked or re.search(r"Subtract (\d+) - (\d+)", r["text"])
+            ones = re.search(r"\nones: ([^\n]*)", r["text"])
+            if not asked or not ones:
+                continue
+            needed = int(asked.group(1)) % 10 < int(asked.group(2)) % 10
+            borrowed = "is less than" in ones.group(1)
+            row = tally[(needed, g["step"] <= last // 2)]
+            row[0] += 1
+            row[1] += borrowed
+            row[2 if borrowed else 3] += r["passed"]
+    for needed in (True, False):
+        parts = []
+        for half, name in ((True, "first half"), (False, "second half")):
+            n, b, bp, sp = tally[(needed, half)]
+            parts.append(f"{name} {b} of {n} (passed: {bp} of {b} borrowing, {sp} of {n - b} not)")
+        label = "needs a borrow" if needed else "needs none"
+        print(f"subtractions whose ones column {label}, replies borrowing there: " + "; ".join(parts))
+        (g1, s1), (g2, s2) = signal[(needed, True)], signal[(needed, False)]
+        print(f"  their groups with signal (some replies pass, some fail): {s1} of {g1} in the first half,"
+              f" {s2} of {g2} in the second")
 
 
 if __name__ == "__main__":
