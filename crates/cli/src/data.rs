@@ -1,4 +1,4 @@
-//! `nanbeige data gen TASK`: writes built-in verifiable task data (arith, add, word, countdown, code) as
+//! `nanbeige data gen TASK`: writes built-in verifiable task data (arith, add, add-compare, word, countdown, code) as
 //! chat JSONL for training and evaluation; the same seed and split always give the same file.
 
 use anyhow::{Context, Result};
@@ -15,13 +15,14 @@ pub struct DataArgs {
 
 #[derive(Subcommand)]
 enum DataCmd {
-    /// Generate N problems with worked solutions (arith, add, word, countdown, code).
+    /// Generate N problems with worked solutions (arith, add, add-compare, word, countdown, code).
     Gen(GenArgs),
 }
 
 #[derive(Args)]
 struct GenArgs {
-    /// arith (3–6 digits, ×), add (2–3 digit + and −), word, countdown or code.
+    /// arith (3–6 digits, ×), add (2–3 digit + and −), add-compare (add's problems, each subtraction column
+    /// naming both digits before the borrow decision), word, countdown or code.
     task: String,
     #[arg(long, default_value_t = 1000)]
     n: usize,

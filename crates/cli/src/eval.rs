@@ -32,7 +32,7 @@ pub struct EvalArgs {
     /// Items as JSONL (GSM8K, HumanEval, MBPP, multiple-choice, tool-call or our chat layout).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Use a built-in held-out set instead: arith, add, word, countdown or code.
+    /// Use a built-in held-out set instead: arith, add, add-compare, word, countdown or code.
     #[arg(long)]
     pub gen: Option<String>,
     /// Items to generate with --gen, or the first N items of --data.

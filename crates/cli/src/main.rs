@@ -52,7 +52,7 @@ enum Cmd {
     Index(index::IndexArgs),
     /// Search an index made by `nanbeige index`: id, source, title, score and snippet per hit.
     Search(index::SearchArgs),
-    /// Built-in verifiable task data: `data gen arith|word|countdown|code` writes chat JSONL.
+    /// Built-in verifiable task data: `data gen arith|add|add-compare|word|countdown|code` writes chat JSONL.
     Data(data::DataArgs),
     /// Evaluate a model or endpoint (math, countdown, code pass@k, mc, tool calls) with 95% CIs;
     /// `eval compare A.jsonl B.jsonl` compares two runs.

@@ -25,7 +25,7 @@ pub struct RlArgs {
     /// Output directory: the trained model, metrics.jsonl, reward/pass_rate/length/kl plots.
     #[arg(long)]
     out: PathBuf,
-    /// Prompts from a built-in generator's train split: arith, add, word, countdown, code.
+    /// Prompts from a built-in generator's train split: arith, add, add-compare, word, countdown, code.
     #[arg(long)]
     gen: Option<String>,
     /// How many generated prompts to draw from.

@@ -33,7 +33,7 @@ pub enum Kind {
 impl Kind {
     pub fn parse(s: &str) -> Result<Kind> {
         Ok(match s {
-            "math" | "gsm8k" | "arith" | "add" | "word" => Kind::Math,
+            "math" | "gsm8k" | "arith" | "add" | "add-compare" | "word" => Kind::Math,
             "countdown" => Kind::Countdown,
             "code" | "humaneval" | "mbpp" => Kind::Code,
             "mc" | "choice" | "multiple-choice" => Kind::Choice,
@@ -56,7 +56,7 @@ impl Kind {
 /// What a generated task is scored as.
 pub fn kind_of_generator(task: &str) -> Result<Kind> {
     Ok(match task {
-        "arith" | "add" | "word" => Kind::Math,
+        "arith" | "add" | "add-compare" | "word" => Kind::Math,
         "countdown" => Kind::Countdown,
         "code" => Kind::Code,
         _ => bail!("unknown generator {task:?} (one of: {})", tasks::TASKS.join(", ")),

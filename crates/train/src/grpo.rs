@@ -230,24 +230,36 @@ pub fn rollouts_remote(
 }
 
 /// The tokens the policy should write after the prompt of `item` when its worked solution is known
-/// (`arith::solve` of the last user message): the assistant turn of the SFT data, tokenized as SFT
-/// tokenized it (after the template's generation prompt, so a prompt that opens `<think>` is
-/// handled). None for other prompts or a model without a chat template.
-pub fn reference_completion(lm: &LoadedModel, item: &Item) -> Result<Option<Vec<u32>>> {
-    let Some(template) = lm.template.as_ref() else { return Ok(None) };
-    let Some(msgs) = item.messages.as_array() else { return Ok(None) };
-    let last = msgs.last().filter(|m| m["role"] == "user").and_then(|m| m["content"].as_str());
-    let Some(ex) = last.and_then(nanbeige_eval::tasks::arith::solve) else { return Ok(None) };
-    let mut conv = msgs.clone();
-    conv.push(json!({"role": "assistant", "reasoning_content": ex.reasoning, "content": ex.content}));
-    let (ids, mask) = crate::data::tokenize_chat(&lm.text, template, &Value::Array(conv), item.tools.as_ref())?;
-    Ok(Some(ids.into_iter().zip(mask).filter(|(_, m)| *m).map(|(t, _)| t).collect()))
+/// (`arith::solve` of the last user message), in each written form the generators have (`add` and
+/// `add-compare` write subtractions differently): the assistant turn of the SFT data, tokenized as
+/// SFT tokenized it (after the template's generation prompt, so a prompt that opens `<think>` is
+/// handled). Empty for other prompts or a model without a chat template.
+pub fn reference_completions(lm: &LoadedModel, item: &Item) -> Result<Vec<Vec<u32>>> {
+    let Some(template) = lm.template.as_ref() else { return Ok(vec![]) };
+    let Some(msgs) = item.messages.as_array() else { return Ok(vec![]) };
+    let Some(last) = msgs.last().filter(|m| m["role"] == "user").and_then(|m| m["content"].as_str()) else {
+        return Ok(vec![]);
+    };
+    let mut out: Vec<Vec<u32>> = vec![];
+    for compared in [false, true] {
+        let Some(ex) = nanbeige_eval::tasks::arith::solve(last, compared) else { continue };
+        let mut conv = msgs.clone();
+        conv.push(json!({"role": "assistant", "reasoning_content": ex.reasoning, "content": ex.content}));
+        let (ids, mask) = crate::data::tokenize_chat(&lm.text, template, &Value::Array(conv), item.tools.as_ref())?;
+        let reply: Vec<u32> = ids.into_iter().zip(mask).filter(|(_, m)| *m).map(|(t, _)| t).collect();
+        if !out.contains(&reply) {
+            out.push(reply);
+        }
+    }
+    Ok(out)
 }
 
 /// Process credit for one failing reply: untrain (clear `mask` on) the completion tokens that
-/// equal `reference` from the start; `mask` covers prompt + completion. Returns how many.
-pub fn clear_verified_prefix(mask: &mut [bool], prompt_len: usize, completion: &[u32], reference: &[u32]) -> usize {
-    let n = completion.iter().zip(reference).take_while(|(a, b)| a == b).count();
+/// equal one of `references` from the start (the longest such run); `mask` covers prompt +
+/// completion. Returns how many.
+pub fn clear_verified_prefix(mask: &mut [bool], prompt_len: usize, completion: &[u32], references: &[Vec<u32>]) -> usize {
+    let shared = |r: &Vec<u32>| completion.iter().zip(r).take_while(|(a, b)| a == b).count();
+    let n = references.iter().map(shared).max().unwrap_or(0);
     for m in &mut mask[prompt_len..prompt_len + n] {
         *m = false;
     }
@@ -448,19 +460,19 @@ pub fn train(
                 continue;
             }
             kept += 1;
-            let reference = if o.process_credit { reference_completion(lm, it)? } else { None };
+            let references = if o.process_credit { reference_completions(lm, it)? } else { vec![] };
             for ((r, a), s) in group.iter().zip(rl::group_advantages(&rewards, o.scale_std)).zip(&scored) {
                 let weight = if o.mask_overlong && r.truncated { 0.0 } else { 1.0 };
                 let mut ids = r.prompt_ids.clone();
                 ids.extend(&r.completion_ids);
                 let mut mask: Vec<bool> = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
-                if let Some(reference) = &reference {
+                if !references.is_empty() {
                     if a < 0.0 && weight > 0.0 {
                         negative_tokens += r.completion_ids.len();
-                        cleared += clear_verified_prefix(&mut mask, r.prompt_ids.len(), &r.completion_ids, reference);
+                        cleared += clear_verified_prefix(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references);
                     } else if s.passed {
                         passed_checked += 1;
-                        passed_exact += usize::from(reference.starts_with(&r.completion_ids));
+                        passed_exact += usize::from(references.iter().any(|x| x.starts_with(&r.completion_ids)));
                     }
                 }
                 seqs.push(Seq { ids, mask, adv: a as f32, weight });

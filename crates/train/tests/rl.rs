@@ -454,7 +454,11 @@ fn process_credit_spares_the_right_steps_of_a_wrong_reply() {
     let item = items::item(&json!({"question": "What is 352 - 127?", "answer": "225"}), Kind::Math).unwrap();
     let load = || nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
     let lm = load();
-    let reference = grpo::reference_completion(&lm, &item).unwrap().expect("an arithmetic prompt has a worked solution");
+    let references = grpo::reference_completions(&lm, &item).unwrap();
+    assert_eq!(references.len(), 2, "a subtraction has two written forms (add, add-compare)");
+    let reference = references[0].clone();
+    let compared = lm.text.tokenizer.decode(&references[1], true).unwrap();
+    assert!(compared.contains("ones: 2, against 7: 2 is less than 7"), "{compared}");
     let right = lm.text.tokenizer.decode(&reference, true).unwrap().trim_end().to_string();
     assert!(right.contains("ones: 2 is less than 7, borrow 10: 12 - 7 = 5.") && right.ends_with("Answer: 225"), "{right}");
     let cut = right.find("tens:").unwrap();

@@ -28,21 +28,35 @@ pub fn draw(rng: &mut Rng) -> Example {
 /// The easy level (`add`): addition and subtraction of 2–3 digit numbers, the same worked
 /// method. A 135M model can learn it in minutes, so SFT and RL on this machine have signal.
 pub fn draw_easy(rng: &mut Rng) -> Example {
+    draw_easy_as(rng, false)
+}
+
+/// `add-compare`: the problems of `add` (same draws), with every subtraction column written as
+/// `sub_steps_compared` does, both digits before the borrow decision.
+pub fn draw_easy_compared(rng: &mut Rng) -> Example {
+    let mut ex = draw_easy_as(rng, true);
+    ex.task = "add-compare";
+    ex
+}
+
+fn draw_easy_as(rng: &mut Rng, compared: bool) -> Example {
     let (x, y) = (num(rng, 2, 3), num(rng, 2, 3));
     let mut ex = if rng.range(0, 1) == 0 {
         make(x, '+', y, add_steps(x, y), x + y)
     } else {
         let (a, b) = (x.max(y), x.min(y));
-        make(a, '-', b, sub_steps(a, b), a - b)
+        let steps = if compared { sub_steps_compared(a, b) } else { sub_steps(a, b) };
+        make(a, '-', b, steps, a - b)
     };
     ex.task = "add";
     ex
 }
 
 /// The worked example for an arithmetic prompt as `draw` and `draw_easy` write it ("What is A op
-/// B?" with op `+`, `-` (A >= B) or `×`), or None for any other text. RL uses it to find where a
-/// failing reply first leaves the method (process credit in the train crate's grpo.rs).
-pub fn solve(prompt: &str) -> Option<Example> {
+/// B?" with op `+`, `-` (A >= B) or `×`), or None for any other text; with `compared`, a
+/// subtraction as `draw_easy_compared` writes it. RL uses it to find where a failing reply first
+/// leaves the method (process credit in the train crate's grpo.rs).
+pub fn solve(prompt: &str, compared: bool) -> Option<Example> {
     let body = prompt.trim().strip_prefix("What is ")?.strip_suffix('?')?;
     let [a, op, b] = body.split(' ').collect::<Vec<_>>()[..] else { return None };
     // At most 9 digits each: the product stays far inside i64.
@@ -50,7 +64,7 @@ pub fn solve(prompt: &str) -> Option<Example> {
     let (a, b) = (num(a)?, num(b)?);
     match op {
         "+" => Some(make(a, '+', b, add_steps(a, b), a + b)),
-        "-" if a >= b => Some(make(a, '-', b, sub_steps(a, b), a - b)),
+        "-" if a >= b => Some(make(a, '-', b, sub_steps_as(a, b, compared), a - b)),
         "×" => Some(make(a, '×', b, mul_steps(a, b), a * b)),
         _ => None,
     }
@@ -113,15 +127,32 @@ pub fn add_steps(a: i64, b: i64) -> String {
     s + &format!("So {a} + {b} = {}.\n", a + b)
 }
 
-/// Column subtraction with borrows (a >= b).
+/// Column subtraction with borrows (a >= b). Each column states its top digit and then decides:
+/// "ones: 3 is less than 6, borrow 10: 13 - 6 = 7." A model writing it must choose between "- 6"
+/// and "is less than 6" right after the top digit, with the bottom digit only in the question.
 pub fn sub_steps(a: i64, b: i64) -> String {
+    sub_steps_as(a, b, false)
+}
+
+/// The same method with both digits of a column written before the decision: "ones: 3, against 6:
+/// 3 is less than 6, borrow 10: 13 - 6 = 7." (after a borrow: "tens: 5 - 1 (borrowed) = 4, against
+/// 2: 4 - 2 = 2."). RL on `add` taught the model to skip needed borrows (docs/TRAINING.md); this
+/// format puts the digit the decision depends on next to it.
+pub fn sub_steps_compared(a: i64, b: i64) -> String {
+    sub_steps_as(a, b, true)
+}
+
+fn sub_steps_as(a: i64, b: i64, compared: bool) -> String {
     let (da, db) = (digits_rev(a), digits_rev(b));
     let mut s = format!("Subtract {a} - {b} column by column, starting from the ones.\n");
     let mut borrow = 0;
     for (i, &x0) in da.iter().enumerate() {
         let y = *db.get(i).unwrap_or(&0);
         let x = x0 - borrow;
-        let shown = if borrow > 0 { format!("{x0} - 1 (borrowed) = {x}") } else { format!("{x0}") };
+        let mut shown = if borrow > 0 { format!("{x0} - 1 (borrowed) = {x}") } else { format!("{x0}") };
+        if compared {
+            shown = format!("{shown}, against {y}: {x}");
+        }
         if x < y {
             s += &format!("{}: {shown} is less than {y}, borrow 10: {} - {y} = {}.\n", place(i), x + 10, x + 10 - y);
             borrow = 1;
@@ -205,6 +236,13 @@ mod tests {
         assert!(s.contains("So 3847 × 29 = 111563."), "{s}");
         assert!(add_steps(958, 67).contains("ones: 8 + 7 = 15, write 5, carry 1."));
         assert!(add_steps(958, 67).ends_with("So 958 + 67 = 1025.\n"));
+        assert_eq!(
+            sub_steps_compared(352, 127),
+            "Subtract 352 - 127 column by column, starting from the ones.\n\
+             ones: 2, against 7: 2 is less than 7, borrow 10: 12 - 7 = 5.\n\
+             tens: 5 - 1 (borrowed) = 4, against 2: 4 - 2 = 2.\n\
+             hundreds: 3, against 1: 3 - 1 = 2.\nSo 352 - 127 = 225.\n"
+        );
         let s = sub_steps(1003, 7);
         assert!(s.contains("ones: 3 is less than 7, borrow 10: 13 - 7 = 6."), "{s}");
         assert!(s.ends_with("So 1003 - 7 = 996.\n"), "{s}");
@@ -222,12 +260,17 @@ mod tests {
         let mut rng = Rng::new(5);
         for i in 0..400 {
             let e = if i % 2 == 0 { draw(&mut rng) } else { draw_easy(&mut rng) };
-            let s = solve(&e.prompt).unwrap_or_else(|| panic!("{}", e.prompt));
+            let s = solve(&e.prompt, false).unwrap_or_else(|| panic!("{}", e.prompt));
             assert_eq!((s.reasoning, s.content, s.answer), (e.reasoning, e.content, e.answer));
         }
-        for bad in ["What is 3 - 5?", "What is 12 / 4?", "What is 1 + 2", "What is -1 + 2?", "What is 1 +  2?", "hi"] {
-            assert!(solve(bad).is_none(), "{bad}");
+        let mut rng = Rng::new(9);
+        for _ in 0..200 {
+            let e = draw_easy_compared(&mut rng);
+            assert_eq!(solve(&e.prompt, true).unwrap().reasoning, e.reasoning);
         }
-        assert!(solve("What is 1234567890 × 2?").is_none(), "ten digits could overflow a product");
+        for bad in ["What is 3 - 5?", "What is 12 / 4?", "What is 1 + 2", "What is -1 + 2?", "What is 1 +  2?", "hi"] {
+            assert!(solve(bad, false).is_none(), "{bad}");
+        }
+        assert!(solve("What is 1234567890 × 2?", false).is_none(), "ten digits could overflow a product");
     }
 }

@@ -80,13 +80,14 @@ impl Example {
     }
 }
 
-pub const TASKS: &[&str] = &["arith", "add", "word", "countdown", "code"];
+pub const TASKS: &[&str] = &["arith", "add", "add-compare", "word", "countdown", "code"];
 
 /// One problem drawn at random (it may belong to either split).
 fn draw(task: &str, rng: &mut Rng) -> Result<Example> {
     Ok(match task {
         "arith" => arith::draw(rng),
         "add" => arith::draw_easy(rng),
+        "add-compare" => arith::draw_easy_compared(rng),
         "word" => word::draw(rng),
         "countdown" => countdown::draw(rng),
         "code" => code::draw(rng),
@@ -96,7 +97,10 @@ fn draw(task: &str, rng: &mut Rng) -> Result<Example> {
 
 /// `n` distinct problems of `split`, the same for the same (task, split, seed).
 pub fn generate(task: &str, split: Split, n: usize, seed: u64) -> Result<Vec<Example>> {
-    let mut rng = Rng::new(seed ^ stable_hash(task));
+    // `add-compare` draws exactly the problems of `add` (only the worked subtraction differs), so
+    // models trained on either are evaluated on the same held-out set.
+    let family = if task == "add-compare" { "add" } else { task };
+    let mut rng = Rng::new(seed ^ stable_hash(family));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut tries = 0usize;
@@ -116,6 +120,22 @@ pub fn generate(task: &str, split: Split, n: usize, seed: u64) -> Result<Vec<Exa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_compare_is_add_with_both_digits_before_each_borrow_decision() {
+        for split in [Split::Train, Split::Test] {
+            let (a, c) = (generate("add", split, 200, 4).unwrap(), generate("add-compare", split, 200, 4).unwrap());
+            for (a, c) in a.iter().zip(&c) {
+                assert_eq!((&a.prompt, &a.answer, &a.content), (&c.prompt, &c.answer, &c.content));
+                if a.prompt.contains('-') {
+                    assert_ne!(a.reasoning, c.reasoning);
+                    assert!(c.reasoning.contains(", against "), "{}", c.reasoning);
+                } else {
+                    assert_eq!(a.reasoning, c.reasoning);
+                }
+            }
+        }
+    }
 
     #[test]
     fn deterministic_and_splits_disjoint() {
