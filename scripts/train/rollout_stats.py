@@ -182,22 +182,26 @@ def ones_borrows(path):
     tally = collections.defaultdict(lambda: [0, 0, 0, 0])
     # (needed, first half) -> [groups, groups with some passing and some failing replies]
     signal = collections.defaultdict(lambda: [0, 0])
+    def ones_needs_borrow(user, text):
+        """Whether the subtraction asked (the logged prompt, else the one the reply restates) needs
+        a borrow in the ones column; None for anything else."""
+        asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
+        asked = asked or re.search(r"Subtract (\d+) - (\d+)", text)
+        return int(asked.group(1)) % 10 < int(asked.group(2)) % 10 if asked else None
+
     for g in groups:
         user = [m["content"] for m in g.get("prompt", []) if m.get("role") == "user"]
-        asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
-        asked = asked or re.search(r"Subtract (\d+) - (\d+)", g["replies"][0]["text"])
-        if asked:
+        needed = ones_needs_borrow(user, g["replies"][0]["text"])
+        if needed is not None:
             passed = [r["passed"] for r in g["replies"]]
-            row = signal[(int(asked.group(1)) % 10 < int(asked.group(2)) % 10, g["step"] <= last // 2)]
+            row = signal[(needed, g["step"] <= last // 2)]
             row[0] += 1
             row[1] += any(passed) and not all(passed)
         for r in g["replies"]:
-            asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
-            asked = asked or re.search(r"Subtract (\d+) - (\d+)", r["text"])
+            needed = ones_needs_borrow(user, r["text"])
             ones = re.search(r"\nones: ([^\n]*)", r["text"])
-            if not asked or not ones:
+            if needed is None or not ones:
                 continue
-            needed = int(asked.group(1)) % 10 < int(asked.group(2)) % 10
             borrowed = "is less than" in ones.group(1)
             row = tally[(needed, g["step"] <= last // 2)]
             row[0] += 1

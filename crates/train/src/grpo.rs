@@ -72,8 +72,7 @@ pub struct GrpoOptions {
     /// failing reply's tokens that match the worked solution from its start are right, so they
     /// get no negative advantage; the negative falls on the first token that leaves the method and
     /// on what follows. Without it a failing reply pushes down the correct steps before its error
-    /// too (on `add`: the right borrows of replies that slip later, so the policy learns to borrow
-    /// less).
+    /// too. (On `add` it did not stop RL's borrow collapse, which has another cause: TRAINING.md.)
     pub process_credit: bool,
 }
 

@@ -34,9 +34,7 @@ pub fn draw_easy(rng: &mut Rng) -> Example {
 /// `add-compare`: the problems of `add` (same draws), with every subtraction column written as
 /// `sub_steps_compared` does, both digits before the borrow decision.
 pub fn draw_easy_compared(rng: &mut Rng) -> Example {
-    let mut ex = draw_easy_as(rng, true);
-    ex.task = "add-compare";
-    ex
+    draw_easy_as(rng, true)
 }
 
 fn draw_easy_as(rng: &mut Rng, compared: bool) -> Example {
@@ -48,7 +46,7 @@ fn draw_easy_as(rng: &mut Rng, compared: bool) -> Example {
         let steps = if compared { sub_steps_compared(a, b) } else { sub_steps(a, b) };
         make(a, '-', b, steps, a - b)
     };
-    ex.task = "add";
+    ex.task = if compared { "add-compare" } else { "add" };
     ex
 }
 
