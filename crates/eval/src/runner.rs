@@ -470,11 +470,12 @@ mod tests {
         let rec = record(&item, &replies, &cfg).unwrap();
         let s = rec["samples"].as_array().unwrap();
         let (fast, slow) = (s[0]["speedup"].as_f64().unwrap(), s[1]["speedup"].as_f64().unwrap());
-        // The same code as the reference, timed at ~1 ms on a shared host: it measured 0.499 once
-        // (2 ms against 1), so the bound only rules out gross misjudgement; the ranking is the test.
-        assert!(fast > 0.25 && fast > 5.0 * slow, "fast {fast}, slow {slow}: {s:?}");
+        // Only rankings: the same code as the reference, timed at ~1 ms on a shared host, measured
+        // 0.499 of it on one CI run and 0.215 on another (while an evaluation held both cores), so
+        // no absolute bound holds; the ~50x slower loop stays far below either way.
+        assert!(fast > 5.0 * slow, "fast {fast}, slow {slow}: {s:?}");
         assert!(s[2].get("speedup").is_none(), "failing code is not timed: {:?}", s[2]);
-        assert!(s[3]["speedup"].as_f64().is_some_and(|x| x > 0.25), "truncated reply: {:?}", s[3]);
+        assert!(s[3]["speedup"].as_f64().is_some_and(|x| x > 5.0 * slow), "truncated reply: {:?}", s[3]);
         let sum = summarize(Kind::Code, &[rec.clone()]);
         assert_eq!(sum.speedup.map(|x| x.0), Some(3));
         // Off by default: nothing is timed.
