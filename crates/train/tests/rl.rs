@@ -267,11 +267,12 @@ fn efficiency_counts_only_for_passing_code() {
     assert!(r[0].reward > r[1].reward + 0.1, "fast {} vs slow {}: {:?}", r[0].reward, r[1].reward, r[1].extra);
     assert!(r[1].reward > 1.1 - 1e-9, "a passing reply never loses reward to the efficiency term");
     assert_eq!(r[2].reward, plain[2].reward, "no efficiency term without passing every test");
-    // The reference's own code should score a speedup near 1 (efficiency = 0.5 x speedup). The
-    // two timings are taken seconds apart while other tests train on both cores, and a CI run on
-    // a fresh clone saw 2.2x between them (0.229), so the bound only catches gross mistakes (a
-    // speedup under 0.2, e.g. timing the wrong input); the 50x fast/slow gap above is the test.
-    assert!(r[0].extra["efficiency"].as_f64().unwrap() > 0.1, "the reference's own code: {:?}", r[0].extra);
+    // The reference's own code should score a speedup near 1, but its two timings are taken
+    // seconds apart while other work holds both cores (a fresh-clone CI run saw 0.229, and the
+    // eval crate's twin of this test 0.215), so only the ranking is asserted: the ~50x slower
+    // loop's efficiency term stays far below it.
+    let eff_of = |i: usize| r[i].extra["efficiency"].as_f64().unwrap();
+    assert!(eff_of(0) > 5.0 * eff_of(1), "the reference's own code: {:?} vs {:?}", r[0].extra, r[1].extra);
 }
 
 /// Digit credit ranks wrong numeric answers by how many places they got right and leaves right
