@@ -58,8 +58,7 @@ def vote_shares(answers, win):
 def main():
     if os.path.basename(sys.argv[1]) == "metrics.jsonl":
         halves(sys.argv[1])
-        greedy_by_case(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
-        ones_borrows(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
+        add_decisions(os.path.join(os.path.dirname(sys.argv[1]), "rollouts.jsonl"))
         return
     totals = collections.Counter()
     quorum = {q: collections.Counter() for q in QUORUMS}
@@ -124,8 +123,7 @@ def main():
     metrics = os.path.join(os.path.dirname(sys.argv[1]), "metrics.jsonl")
     if os.path.exists(metrics):
         halves(metrics)
-    greedy_by_case(sys.argv[1])
-    ones_borrows(sys.argv[1])
+    add_decisions(sys.argv[1])
 
 
 def halves(path):
@@ -143,24 +141,37 @@ def halves(path):
     print(f"groups kept: {sum(r['groups_kept'] for r in steps)} of {sum(r['groups'] for r in steps)}")
 
 
-def greedy_by_case(path):
-    """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half.
-    Logs written before the prompt was logged too: the case of the problem the reply's first line
-    restates ("Subtract a - b ..."), which the replies get right nearly always."""
+def asked(group, text):
+    """The `add` problem of a logged group as (a, op, b): its logged prompt, or for logs written
+    before the prompt was logged, the problem `text` restates ("Subtract a - b ..."; replies
+    restate it right nearly always). None for anything else."""
+    user = [m["content"] for m in group.get("prompt", []) if m.get("role") == "user"]
+    m = re.search(r"(\d+) ([-+]) (\d+)", user[0]) if user else None
+    m = m or re.search(r"(?:Add|Subtract) (\d+) ([-+]) (\d+)", text)
+    return (int(m.group(1)), m.group(2), int(m.group(3))) if m else None
+
+
+def add_decisions(path):
+    """The two `add` breakdowns of an RL run's rollouts.jsonl, read once."""
     if not os.path.exists(path):
         return
     groups = [json.loads(line) for line in open(path)]
-    if not groups or not groups[0].get("greedy_first"):
+    if groups:
+        greedy_by_case(groups)
+        ones_borrows(groups)
+
+
+def greedy_by_case(groups):
+    """With --greedy-first on `add`: the greedy replies (the first of each group) right, by case and half."""
+    if not groups[0].get("greedy_first"):
         return
     last = max(g["step"] for g in groups)
     tally = collections.defaultdict(lambda: [0, 0])
     for g in groups:
         first = g["replies"][0]
-        user = [m["content"] for m in g.get("prompt", []) if m.get("role") == "user"]
-        asked = re.search(r"(\d+ [-+] \d+)", user[0]) if user else None
-        asked = asked or re.search(r"(?:Add|Subtract) (\d+ [-+] \d+)", first["text"])
-        if asked:
-            row = tally[(case("What is " + asked.group(1)), g["step"] <= last // 2)]
+        problem = asked(g, first["text"])
+        if problem:
+            row = tally[(case("What is %d %s %d" % problem), g["step"] <= last // 2)]
             row[0] += first["passed"]
             row[1] += 1
     for name in sorted({k for k, _ in tally}):
@@ -168,37 +179,30 @@ def greedy_by_case(path):
         print(f"greedy replies right, {name}: {a} of {n} in the first half, {b} of {m} in the second")
 
 
-def ones_borrows(path):
+def ones_borrows(groups):
     """On `add` subtractions: how often the rollouts borrow in the ones column ("ones: 3 is less than
     6, borrow 10"), split by whether the ones column needs it, and how often such replies pass, by
     half of the steps. The decision the greedy answer turns on."""
-    if not os.path.exists(path):
-        return
-    groups = [json.loads(line) for line in open(path)]
-    if not groups:
-        return
     last = max(g["step"] for g in groups)
     # (needed, first half) -> [replies, borrowed, borrowed and passed, not borrowed and passed]
     tally = collections.defaultdict(lambda: [0, 0, 0, 0])
     # (needed, first half) -> [groups, groups with some passing and some failing replies]
     signal = collections.defaultdict(lambda: [0, 0])
-    def ones_needs_borrow(user, text):
-        """Whether the subtraction asked (the logged prompt, else the one the reply restates) needs
-        a borrow in the ones column; None for anything else."""
-        asked = re.search(r"(\d+) - (\d+)", user[0]) if user else None
-        asked = asked or re.search(r"Subtract (\d+) - (\d+)", text)
-        return int(asked.group(1)) % 10 < int(asked.group(2)) % 10 if asked else None
+    def ones_needs_borrow(group, text):
+        """Whether the group's problem is a subtraction needing a borrow in the ones column; None
+        for an addition or no problem found."""
+        problem = asked(group, text)
+        return problem[0] % 10 < problem[2] % 10 if problem and problem[1] == "-" else None
 
     for g in groups:
-        user = [m["content"] for m in g.get("prompt", []) if m.get("role") == "user"]
-        needed = ones_needs_borrow(user, g["replies"][0]["text"])
+        needed = ones_needs_borrow(g, g["replies"][0]["text"])
         if needed is not None:
             passed = [r["passed"] for r in g["replies"]]
             row = signal[(needed, g["step"] <= last // 2)]
             row[0] += 1
             row[1] += any(passed) and not all(passed)
         for r in g["replies"]:
-            needed = ones_needs_borrow(user, r["text"])
+            needed = ones_needs_borrow(g, r["text"])
             ones = re.search(r"\nones: ([^\n]*)", r["text"])
             if needed is None or not ones:
                 continue
