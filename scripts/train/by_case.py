@@ -3,7 +3,10 @@
 same problems (before, after): additions, subtractions whose column arithmetic needs a borrow, and
 subtractions that need none. RL on this task has learned to skip borrows (docs/TRAINING.md), which
 the overall pass rate hides: it shows here as borrow cases falling while no-borrow cases rise.
-Counts are sums of each problem's pass@1 (the mean over its samples). Standard library only.
+Counts are sums of each problem's pass@1 (the mean over its samples). For greedy logs (one sample
+per problem) it also counts, per case, the problems right only before, and of those how many the
+after model worked column for column exactly as before, failing only in the closing "So ..." line.
+Standard library only.
 
   by_case.py BEFORE.jsonl AFTER.jsonl
 """
@@ -35,12 +38,21 @@ def main():
     for i, r in before.items():
         if i not in after:
             continue
-        row = rows.setdefault(case(r["prompt"]), [0.0, 0.0, 0])
+        row = rows.setdefault(case(r["prompt"]), [0.0, 0.0, 0, 0, 0])
         row[0] += r["pass1"]
         row[1] += after[i]["pass1"]
         row[2] += 1
-    for name, (b, a, n) in sorted(rows.items()):
-        print(f"{name:28} {n:4} problems: right {b:6.1f} before, {a:6.1f} after")
+        if r["n"] == 1 and r["correct"] and not after[i]["correct"]:
+            row[3] += 1
+            row[4] += worked(r) == worked(after[i])
+    for name, (b, a, n, lost, same) in sorted(rows.items()):
+        print(f"{name:28} {n:4} problems: right {b:6.1f} before, {a:6.1f} after", end="")
+        print(f"; right only before {lost}, of them worked as before up to 'So' {same}" if lost else "")
+
+
+def worked(record):
+    """The column lines of a greedy reply: everything before its closing "So A op B = C" line."""
+    return record["samples"][0]["text"].split("\nSo ")[0]
 
 
 if __name__ == "__main__":
