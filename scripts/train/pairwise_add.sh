@@ -18,7 +18,8 @@
 #   DATA=FILE (train prompts from this `data gen add`-style JSONL instead of the generator's 2000,
 #   e.g. from balance_add.py; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
 #   each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from its
-#   first step off the worked solution: --process-credit).
+#   first step off the worked solution: --process-credit), STEP_CREDIT=1 (a reply passes only as the
+#   worked solution, and a failing one is trained only on its first wrong line: --step-credit).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -31,6 +32,7 @@ EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${QUORUM:-}" ] || EXTRA+=(--vote-quorum "$QUORUM")
 [ -z "${GREEDY_FIRST:-}" ] || EXTRA+=(--greedy-first)
 [ -z "${PROCESS_CREDIT:-}" ] || EXTRA+=(--process-credit)
+[ -z "${STEP_CREDIT:-}" ] || EXTRA+=(--step-credit)
 PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"

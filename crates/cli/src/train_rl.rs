@@ -128,6 +128,10 @@ pub struct RlArgs {
     /// solution from its start get no negative advantage (the blame starts at the first wrong step).
     #[arg(long)]
     process_credit: bool,
+    /// First-step credit on arithmetic prompts: a reply passes only as the worked solution token for
+    /// token, and a failing reply is trained only on the line where it first leaves it.
+    #[arg(long)]
+    step_credit: bool,
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -173,6 +177,7 @@ impl RlArgs {
             lora: self.lora.map(|r| nanbeige_train::lora::LoraSpec::new(r, self.lora_alpha, None)).transpose()?,
             greedy_first: self.greedy_first,
             process_credit: self.process_credit,
+            step_credit: self.step_credit,
         })
     }
 

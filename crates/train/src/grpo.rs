@@ -74,6 +74,14 @@ pub struct GrpoOptions {
     /// on what follows. Without it a failing reply pushes down the correct steps before its error
     /// too. (On `add` it did not stop RL's borrow collapse, which has another cause: TRAINING.md.)
     pub process_credit: bool,
+    /// First-step credit (uses process credit's worked solutions): a reply passes only when it is
+    /// the worked solution token for token, and a failing reply trains only the line where it
+    /// first leaves it. Outcome reward alone pushes down a closing line that faithfully reads
+    /// back a wrong column and pushes up one that ignores the columns and lands on the right
+    /// answer; from the `add-compare` SFT model that taught the policy to stop reading back its
+    /// own digits (GRPO run 9, TRAINING.md). Here only the first wrong step is blamed, and a
+    /// right answer reached through a wrong step earns nothing for its answer.
+    pub step_credit: bool,
 }
 
 impl GrpoOptions {
@@ -105,6 +113,7 @@ impl GrpoOptions {
             lora: None,
             greedy_first: false,
             process_credit: false,
+            step_credit: false,
         }
     }
 }
@@ -265,6 +274,26 @@ pub fn clear_verified_prefix(mask: &mut [bool], prompt_len: usize, completion: &
     n
 }
 
+/// First-step credit for one failing reply: train only the line where it first leaves the
+/// worked solution (`references`), from that token through the end of its line (`ends_line`);
+/// clear `mask` (prompt + completion) on the rest of the completion: the verified steps before and
+/// what follows, which is written from a wrong state (a faithful read-back of a wrong column is
+/// not the error). Returns how many completion tokens stay trained.
+pub fn keep_first_wrong_step(
+    mask: &mut [bool],
+    prompt_len: usize,
+    completion: &[u32],
+    references: &[Vec<u32>],
+    ends_line: impl Fn(u32) -> bool,
+) -> usize {
+    let start = clear_verified_prefix(mask, prompt_len, completion, references);
+    let end = completion[start..].iter().position(|&t| ends_line(t)).map_or(completion.len(), |p| start + p + 1);
+    for m in &mut mask[prompt_len + end..] {
+        *m = false;
+    }
+    end - start
+}
+
 /// A training sequence: its tokens, which of them are the reply (trained), and its advantage.
 pub struct Seq {
     pub ids: Vec<u32>,
@@ -421,10 +450,27 @@ pub fn train(
         // Process credit: negative-advantage tokens trained and cleared; passing replies that are
         // exactly the worked solution (how well the reference matches what the policy writes).
         let (mut negative_tokens, mut cleared, mut passed_checked, mut passed_exact) = (0usize, 0usize, 0usize, 0usize);
+        // First-step credit: right answers demoted for leaving the worked solution.
+        let mut off_method = 0usize;
         let mut samples = vec![];
         for (it, group) in batch.iter().zip(&groups) {
             let replies: Vec<Reply> = group.iter().map(|r| r.reply.clone()).collect();
-            let scored: Vec<Scored> = reward.score(it, &replies)?;
+            let mut scored: Vec<Scored> = reward.score(it, &replies)?;
+            let references =
+                if o.process_credit || o.step_credit { reference_completions(lm, it)? } else { vec![] };
+            if o.step_credit && !references.is_empty() {
+                for (s, r) in scored.iter_mut().zip(group) {
+                    if s.passed && !references.iter().any(|x| x.starts_with(&r.completion_ids)) {
+                        // The task's score of a fully correct reply is 1; the format part stays.
+                        s.passed = false;
+                        s.reward -= 1.0;
+                        if let Some(m) = s.extra.as_object_mut() {
+                            m.insert("off_method".into(), json!(true));
+                        }
+                        off_method += 1;
+                    }
+                }
+            }
             let rewards: Vec<f64> = scored.iter().map(|s| s.reward).collect();
             rewards_all.extend(&rewards);
             passed += scored.iter().filter(|s| s.passed).count();
@@ -459,14 +505,20 @@ pub fn train(
                 continue;
             }
             kept += 1;
-            let references = if o.process_credit { reference_completions(lm, it)? } else { vec![] };
             for ((r, a), s) in group.iter().zip(rl::group_advantages(&rewards, o.scale_std)).zip(&scored) {
                 let weight = if o.mask_overlong && r.truncated { 0.0 } else { 1.0 };
                 let mut ids = r.prompt_ids.clone();
                 ids.extend(&r.completion_ids);
                 let mut mask: Vec<bool> = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
                 if !references.is_empty() {
-                    if a < 0.0 && weight > 0.0 {
+                    if a < 0.0 && weight > 0.0 && o.step_credit {
+                        negative_tokens += r.completion_ids.len();
+                        let ends_line =
+                            |t: u32| lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'));
+                        let trained =
+                            keep_first_wrong_step(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references, ends_line);
+                        cleared += r.completion_ids.len() - trained;
+                    } else if a < 0.0 && weight > 0.0 {
                         negative_tokens += r.completion_ids.len();
                         cleared += clear_verified_prefix(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references);
                     } else if s.passed {
@@ -502,7 +554,10 @@ pub fn train(
             // What the policy answers by default on this step's prompts (the pass rate mixes it in).
             rec["greedy_pass_rate"] = json!(greedy_passed as f64 / batch.len() as f64);
         }
-        if o.process_credit {
+        if o.step_credit {
+            rec["off_method"] = json!(off_method);
+        }
+        if o.process_credit || o.step_credit {
             rec["process_cleared"] = json!(cleared as f64 / negative_tokens.max(1) as f64);
             rec["passed_exact"] = json!(passed_exact as f64 / passed_checked.max(1) as f64);
         }
@@ -522,7 +577,10 @@ pub fn train(
             }
             if let Some(c) = rec["process_cleared"].as_f64() {
                 let exact = rec["passed_exact"].as_f64().unwrap_or(0.0);
-                eprintln!("  process credit: {c:.2} of failing tokens verified right; passing replies exact {exact:.2}");
+                eprintln!("  process credit: {c:.2} of failing tokens untrained; passing replies exact {exact:.2}");
+            }
+            if let Some(n) = rec["off_method"].as_u64() {
+                eprintln!("  step credit: {n} right answers off the worked solution, failed");
             }
             if let Some(n) = rec["checked_pairs"].as_u64().filter(|&n| n > 0) {
                 let pooled = rec["pooled_ranked"].as_f64().map(|p| format!(", pooled {p:.2}")).unwrap_or_default();

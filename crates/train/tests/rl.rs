@@ -508,3 +508,54 @@ fn process_credit_spares_the_right_steps_of_a_wrong_reply() {
     assert!(with > 1.0 && with > 3.0 * without.abs(), "prefix log-prob change: {with} with, {without} without");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// First-step credit on an arithmetic prompt. A group of the worked solution and a lucky reply
+/// whose tens column is wrong but whose closing line states the right answer anyway: the checker
+/// passes both, so the group has no signal and is dropped. With step credit the lucky reply fails
+/// (its answer does not follow from its steps), the group trains, and of the lucky reply's tokens
+/// only its wrong tens line is trained: not the verified ones column, not what follows.
+#[test]
+fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only_that_step() {
+    let d = common::tmp("rl-step");
+    let model = tiny_chat_model(&d);
+    let item = items::item(&json!({"question": "What is 352 - 127?", "answer": "225"}), Kind::Math).unwrap();
+    let load = || nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let lm = load();
+    let references = grpo::reference_completions(&lm, &item).unwrap();
+    let right = lm.text.tokenizer.decode(&references[0], true).unwrap().trim_end().to_string();
+    let cut = right.find("tens:").unwrap();
+    let lucky = format!("{}tens: 5 - 2 = 3.\nhundreds: 3 - 1 = 2.\nSo 352 - 127 = 225.\n</think>\n\nAnswer: 225", &right[..cut]);
+    let items = vec![item];
+    let run = |step_credit: bool| -> serde_json::Value {
+        let out = d.join(format!("out-{step_credit}"));
+        let mut lm = load();
+        let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
+        let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
+        let backend = Scripted { replies: vec![right.clone(), lucky.clone()], next: Default::default() };
+        let o = GrpoOptions { step_credit, group: 2, prompts_per_step: 1, lr: 1e-5, max_tokens: 400, ..options(&out, 1) };
+        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
+        let sampler = Sampler::Remote { backend: &backend, parallel: 1 };
+        grpo::train(&mut lm, None, &origin, &items, &checker, sampler, &o).unwrap();
+        let rollouts = std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap();
+        let group: serde_json::Value = serde_json::from_str(rollouts.lines().next().unwrap()).unwrap();
+        assert_eq!(group["replies"][1]["passed"], !step_credit, "{group}");
+        serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap()
+    };
+    let plain = run(false);
+    assert_eq!((plain["pass_rate"].as_f64(), plain["groups_kept"].as_u64()), (Some(1.0), Some(0)), "{plain}");
+    let rec = run(true);
+    assert_eq!((rec["pass_rate"].as_f64(), rec["groups_kept"].as_u64()), (Some(0.5), Some(1)), "{rec}");
+    assert_eq!(rec["off_method"], 1, "{rec}");
+    // Trained: from the first token off the worked solution through the end of the tens line.
+    let tok = |t: &str| lm.text.tokenizer.encode(t, false).unwrap();
+    let lucky_ids = tok(&lucky);
+    let shared = lucky_ids.iter().zip(&references[0]).take_while(|(a, b)| a == b).count();
+    let tens_end = cut + lucky[cut..].find('\n').unwrap() + 1;
+    let want = tok(&lucky[..tens_end]).len() - shared;
+    assert!((2..=12).contains(&want), "{want}");
+    let len = (lucky_ids.len() + 1) as f64; // + the end-of-turn token
+    let trained = (1.0 - rec["process_cleared"].as_f64().unwrap()) * len;
+    assert!((trained - want as f64).abs() < 1e-6, "{rec}: trained {trained}, want {want}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
