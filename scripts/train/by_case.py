@@ -6,7 +6,8 @@ the overall pass rate hides: it shows here as borrow cases falling while no-borr
 Counts are sums of each problem's pass@1 (the mean over its samples). For greedy logs (one sample
 per problem) it also counts, per case, the problems right only before, and of those how many the
 after model worked column for column exactly as before, failing only in the closing "So ..." line.
-Standard library only.
+And for every reply, whether its closing line reads back the digits its columns wrote (`readback`):
+columns right but read back wrong is a failure of the closing line alone. Standard library only.
 
   by_case.py BEFORE.jsonl AFTER.jsonl
 """
@@ -48,6 +49,43 @@ def main():
     for name, (b, a, n, lost, same) in sorted(rows.items()):
         print(f"{name:28} {n:4} problems: right {b:6.1f} before, {a:6.1f} after", end="")
         print(f"; right only before {lost}, of them worked as before up to 'So' {same}" if lost else "")
+    for label, log in (("before", before), ("after", after)):
+        tally = {}
+        for i, r in log.items():
+            if i in before and i in after:
+                for sample in r["samples"]:
+                    key = (case(r["prompt"]), readback(sample["text"]))
+                    tally[key] = tally.get(key, 0) + 1
+        print(f"{label}, replies by columns and closing line:")
+        for name in sorted({k for k, _ in tally}):
+            print(f"  {name:28} " + ", ".join(f"{k} {tally.get((name, k), 0)}" for k in READBACK))
+
+
+READBACK = ("columns right, read back", "columns right, misread", "columns wrong, read back",
+            "columns wrong, misread", "unparsed")
+
+
+def readback(text):
+    """One of READBACK for a worked `add` reply: whether the digits its column lines write (the
+    ones first, plus "The last carry 1 becomes the leading digit") make the true result, and whether
+    its closing "So A op B = C" line states the number they make."""
+    work = text.split("</think>")[0]
+    digits, lead = [], ""
+    for line in work.split("\n"):
+        if re.match(r"\w+: ", line) and "=" in line:
+            d = re.search(r"write (\d)", line) or re.search(r"= \d*(\d)\.?\s*$", line)
+            if not d:
+                return "unparsed"
+            digits.append(d.group(1))
+        carry = re.match(r"The last carry (\d) becomes", line)
+        lead = carry.group(1) if carry else lead
+    closing = re.search(r"\nSo (\d+) ([-+]) (\d+) = (-?\d+)", work)
+    if not closing or not digits:
+        return "unparsed"
+    a, op, b, said = closing.groups()
+    written = int(lead + "".join(reversed(digits)))
+    right = written == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    return READBACK[(0 if right else 2) + (written != int(said))]
 
 
 def worked(record):

@@ -14,7 +14,9 @@ rate, KL and (with `--greedy-first`) the greedy replies' pass rate averaged over
 half of the steps, and the groups kept; given OUT/metrics.jsonl itself (any RL run, GRPO too), only
 that, and for an `add` run with `--greedy-first` the greedy replies right by case (by_case.py's) and
 half. For `add` runs also: how often replies borrow in the ones column, when it needs a borrow and
-when not, and how often those replies pass, by half. Standard library only.
+when not, and how often those replies pass, by half; and the replies by columns and closing line
+(by_case.py's `readback`) with how many of each passed, by half: a right answer from wrong columns
+is rewarded, a faithful read-back of wrong columns punished. Standard library only.
 
   rollout_stats.py OUT/rollouts.jsonl | OUT/metrics.jsonl
 """
@@ -24,7 +26,7 @@ import os
 import re
 import sys
 
-from by_case import case
+from by_case import READBACK, case, readback
 
 
 def ranked(values, labels):
@@ -159,6 +161,22 @@ def add_decisions(path):
     if groups:
         greedy_by_case(groups)
         ones_borrows(groups)
+        readbacks(groups)
+
+
+def readbacks(groups):
+    """`add` replies by `readback` class (unparsed left out) and half: passed of all."""
+    last = max(g["step"] for g in groups)
+    tally = collections.defaultdict(lambda: [0, 0])
+    for g in groups:
+        for r in g["replies"]:
+            if asked(g, r["text"]):
+                row = tally[(readback(r["text"]), g["step"] <= last // 2)]
+                row[0] += r["passed"]
+                row[1] += 1
+    for kind in READBACK[:-1]:
+        (p1, n1), (p2, n2) = tally[(kind, True)], tally[(kind, False)]
+        print(f"replies with {kind}: passed {p1} of {n1} in the first half, {p2} of {n2} in the second")
 
 
 def greedy_by_case(groups):
