@@ -54,7 +54,8 @@ def main():
         for i, r in log.items():
             if i in before and i in after:
                 for sample in r["samples"]:
-                    key = (case(r["prompt"]), readback(sample["text"]))
+                    a, op, b = re.search(r"(\d+) ([-+]) (\d+)", r["prompt"]).groups()
+                    key = (case(r["prompt"]), readback(sample["text"], (int(a), op, int(b))))
                     tally[key] = tally.get(key, 0) + 1
         print(f"{label}, replies by columns and closing line:")
         for name in sorted({k for k, _ in tally}):
@@ -65,10 +66,10 @@ READBACK = ("columns right, read back", "columns right, misread", "columns wrong
             "columns wrong, misread", "unparsed")
 
 
-def readback(text):
-    """One of READBACK for a worked `add` reply: whether the digits its column lines write (the
-    ones first, plus "The last carry 1 becomes the leading digit") make the true result, and whether
-    its closing "So A op B = C" line states the number they make."""
+def readback(text, problem):
+    """One of READBACK for a worked `add` reply to `problem` (a, op, b): whether the digits its
+    column lines write (the ones first, plus "The last carry 1 becomes the leading digit") make the
+    true result, and whether its closing "So ... = C" line states the number they make."""
     work = text.split("</think>")[0]
     digits, lead = [], ""
     for line in work.split("\n"):
@@ -79,12 +80,13 @@ def readback(text):
             digits.append(d.group(1))
         carry = re.match(r"The last carry (\d) becomes", line)
         lead = carry.group(1) if carry else lead
-    closing = re.search(r"\nSo (\d+) ([-+]) (\d+) = (-?\d+)", work)
+    closing = re.search(r"\nSo [^\n]*= (-?\d+)", work)
     if not closing or not digits:
         return "unparsed"
-    a, op, b, said = closing.groups()
+    said = closing.group(1)
+    a, op, b = problem
     written = int(lead + "".join(reversed(digits)))
-    right = written == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    right = written == (a + b if op == "+" else a - b)
     return READBACK[(0 if right else 2) + (written != int(said))]
 
 

@@ -18,8 +18,8 @@
 #   DATA=FILE (train prompts from this `data gen add`-style JSONL instead of the generator's 2000,
 #   e.g. from balance_add.py; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
 #   each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from its
-#   first step off the worked solution: --process-credit), STEP_CREDIT=1 (a reply passes only as the
-#   worked solution, and a failing one is trained only on its first wrong line: --step-credit).
+#   first step off the worked solution: --process-credit), STEP_CREDIT=1 (a below-average reply is
+#   trained only on its first line off the worked solution: --step-credit).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail

@@ -170,8 +170,9 @@ def readbacks(groups):
     tally = collections.defaultdict(lambda: [0, 0])
     for g in groups:
         for r in g["replies"]:
-            if asked(g, r["text"]):
-                row = tally[(readback(r["text"]), g["step"] <= last // 2)]
+            problem = asked(g, r["text"])
+            if problem:
+                row = tally[(readback(r["text"], problem), g["step"] <= last // 2)]
                 row[0] += r["passed"]
                 row[1] += 1
     for kind in READBACK[:-1]:

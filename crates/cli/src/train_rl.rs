@@ -129,7 +129,8 @@ pub struct RlArgs {
     #[arg(long)]
     process_credit: bool,
     /// First-step credit on arithmetic prompts: a reply passes only as the worked solution token for
-    /// token, and a failing reply is trained only on the line where it first leaves it.
+    /// token (GRPO's pass/fail rewards), and a failing reply is trained only on the line where it
+    /// first leaves it.
     #[arg(long)]
     step_credit: bool,
     #[arg(long, short = 'q')]

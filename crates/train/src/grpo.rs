@@ -80,7 +80,8 @@ pub struct GrpoOptions {
     /// back a wrong column and pushes up one that ignores the columns and lands on the right
     /// answer; from the `add-compare` SFT model that taught the policy to stop reading back its
     /// own digits (GRPO run 9, TRAINING.md). Here only the first wrong step is blamed, and a
-    /// right answer reached through a wrong step earns nothing for its answer.
+    /// right answer reached through a wrong step earns nothing for its answer (with a pass/fail
+    /// reward; a pair-wise one keeps its rewards and only the blame is confined).
     pub step_credit: bool,
 }
 
@@ -458,7 +459,9 @@ pub fn train(
             let mut scored: Vec<Scored> = reward.score(it, &replies)?;
             let references =
                 if o.process_credit || o.step_credit { reference_completions(lm, it)? } else { vec![] };
-            if o.step_credit && !references.is_empty() {
+            // Only a pass/fail reward can fail a reply; under a pair-wise reward `passed` is the
+            // watching checker's label, and step credit keeps only its blame on one line.
+            if o.step_credit && reward.has_pass() && !references.is_empty() {
                 for (s, r) in scored.iter_mut().zip(group) {
                     if s.passed && !references.iter().any(|x| x.starts_with(&r.completion_ids)) {
                         // The task's score of a fully correct reply is 1; the format part stays.
