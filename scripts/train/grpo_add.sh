@@ -10,7 +10,8 @@
 #        the generator's 2000; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
 #        each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from
 #        its first step off the worked solution: --process-credit), STEP_CREDIT=1 (a reply passes only as
-#        the worked solution, and a failing one is trained only on its first wrong line: --step-credit)
+#        the worked solution, and a failing one is trained only on its first wrong line: --step-credit),
+#        GREEDY_NEGATIVES=1 (a negative advantage trains only tokens that were the argmax: --greedy-negatives)
 # Evaluations already in WORKDIR (e.g. the SFT model's, copied from an earlier run) are kept.
 # Defaults are run 3 of the doc; run 2 was STEPS=25 LR=3e-6 SEED=2 BATCH_TOKENS=256.
 set -euo pipefail
@@ -23,6 +24,7 @@ PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA
 [ -z "${GREEDY_FIRST:-}" ] || FLAGS+=(--greedy-first)
 [ -z "${PROCESS_CREDIT:-}" ] || FLAGS+=(--process-credit)
 [ -z "${STEP_CREDIT:-}" ] || FLAGS+=(--step-credit)
+[ -z "${GREEDY_NEGATIVES:-}" ] || FLAGS+=(--greedy-negatives)
 mkdir -p "$W"
 /usr/bin/time -v "$BIN" train grpo --model "$SFT" "${PROMPT_SRC[@]}" --out "$W/grpo" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --digit-reward "$DIGIT" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \

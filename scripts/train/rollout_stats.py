@@ -129,12 +129,12 @@ def main():
 
 
 def halves(path):
-    """Mean pass rate, KL, greedy pass rate and process credit's shares (if logged) over each half of
-    the steps; groups kept."""
+    """Mean pass rate, KL, greedy pass rate, process and step credit's shares and counts and the
+    share of negatives gated (if logged) over each half of the steps; groups kept."""
     steps = [json.loads(line) for line in open(path)]
     first, second = steps[: (len(steps) + 1) // 2], steps[(len(steps) + 1) // 2 :]
     for key, digits in (("pass_rate", 3), ("kl", 4), ("greedy_pass_rate", 3), ("process_cleared", 3),
-                        ("passed_exact", 3)):
+                        ("passed_exact", 3), ("off_method", 2), ("negatives_gated", 3)):
         if any(key not in r for r in steps):
             continue
         means = [sum(r[key] for r in part) / max(len(part), 1) for part in (first, second)]

@@ -133,6 +133,11 @@ pub struct RlArgs {
     /// first leaves it.
     #[arg(long)]
     step_credit: bool,
+    /// A negative advantage trains only the tokens that were the policy's argmax at their position
+    /// (the errors greedy decoding would make), not unlikely sampled ones; with --step-credit only
+    /// the first wrong token is blamed, and only when it was the argmax.
+    #[arg(long)]
+    greedy_negatives: bool,
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -179,6 +184,7 @@ impl RlArgs {
             greedy_first: self.greedy_first,
             process_credit: self.process_credit,
             step_credit: self.step_credit,
+            greedy_negatives: self.greedy_negatives,
         })
     }
 

@@ -83,6 +83,14 @@ pub struct GrpoOptions {
     /// right answer reached through a wrong step earns nothing for its answer (with a pass/fail
     /// reward; a pair-wise one keeps its rewards and only the blame is confined).
     pub step_credit: bool,
+    /// A negative advantage trains only the tokens that were the policy's greedy choice (argmax)
+    /// at their position: the errors greedy decoding would make. A T = 1 failure is mostly an
+    /// unlikely token, and pushing one down moves probability to other tokens through the shared
+    /// weights (on `add` the greedy answer fell in every run); gated tokens count in the
+    /// normalization as zero-gradient ones, like clipped tokens. Positive advantages train as before.
+    /// With `step_credit` a failing reply is blamed on its first wrong token alone, when that token
+    /// was the argmax: a greedy error, not a sampling accident or what follows from one.
+    pub greedy_negatives: bool,
 }
 
 impl GrpoOptions {
@@ -115,6 +123,7 @@ impl GrpoOptions {
             greedy_first: false,
             process_credit: false,
             step_credit: false,
+            greedy_negatives: false,
         }
     }
 }
@@ -335,6 +344,9 @@ pub struct StepStats {
     /// Mean k3 KL per trained token (0 without a reference).
     pub kl: f64,
     pub grad_norm: f64,
+    /// `--greedy-negatives`: trained positions with a negative advantage, and of them those gated.
+    pub negative_tokens: f64,
+    pub gated_tokens: f64,
 }
 
 /// One optimizer step of the clipped policy-gradient loss over `seqs`, normalized by their total
@@ -362,7 +374,16 @@ pub fn policy_step(
         let logp = loss::token_logprobs(&logits, &row.targets)?;
         // One update per batch: the sampling policy is the current one, so old = logp.
         let old = logp.detach().to_vec1::<f32>()?;
-        let mut l = rl::clipped_policy_loss(&logp, &old, adv, &row.weights, o.eps_low, o.eps_high)?;
+        let weights = if o.greedy_negatives {
+            let argmax = logits.argmax(candle_core::D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+            let gated = greedy_negative_weights(&row.weights, adv, &argmax, &row.targets);
+            st.gated_tokens += row.weights.iter().zip(&gated).map(|(&a, &b)| (a - b) as f64).sum::<f64>();
+            st.negative_tokens += row.weights.iter().zip(adv).filter(|(_, &a)| a < 0.0).map(|(&w, _)| w as f64).sum::<f64>();
+            gated
+        } else {
+            row.weights.clone()
+        };
+        let mut l = rl::clipped_policy_loss(&logp, &old, adv, &weights, o.eps_low, o.eps_high)?;
         if let (Some(r), true) = (reference, o.kl > 0.0) {
             let ref_lp = row_logprobs(r, row, o.temperature)?;
             let kl = rl::kl_k3_sum(&logp, &ref_lp, &row.weights)?;
@@ -377,6 +398,12 @@ pub fn policy_step(
     opt.step(&grads.grads, lr)?;
     st.kl = kl_sum / total;
     Ok(st)
+}
+
+/// `--greedy-negatives`: the loss weights of a packed row with every negative-advantage position
+/// whose target is not the policy's argmax there set to 0.
+pub fn greedy_negative_weights(weights: &[f32], adv: &[f32], argmax: &[u32], targets: &[u32]) -> Vec<f32> {
+    (0..weights.len()).map(|i| if adv[i] < 0.0 && argmax[i] != targets[i] { 0.0 } else { weights[i] }).collect()
 }
 
 /// Logits of the policy that sampled the rollouts: at temperature T the sampler draws from
@@ -516,8 +543,12 @@ pub fn train(
                 if !references.is_empty() {
                     if a < 0.0 && weight > 0.0 && o.step_credit {
                         negative_tokens += r.completion_ids.len();
-                        let ends_line =
-                            |t: u32| lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'));
+                        // With greedy negatives only the first wrong token is blamed (when it was the
+                        // argmax): the rest of its line follows from it, as the read-back does.
+                        let ends_line = |t: u32| {
+                            o.greedy_negatives
+                                || lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'))
+                        };
                         let trained =
                             keep_first_wrong_step(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references, ends_line);
                         cleared += r.completion_ids.len() - trained;
@@ -560,6 +591,9 @@ pub fn train(
         if o.step_credit {
             rec["off_method"] = json!(off_method);
         }
+        if o.greedy_negatives {
+            rec["negatives_gated"] = json!(st.gated_tokens / st.negative_tokens.max(1.0));
+        }
         if o.process_credit || o.step_credit {
             rec["process_cleared"] = json!(cleared as f64 / negative_tokens.max(1) as f64);
             rec["passed_exact"] = json!(passed_exact as f64 / passed_checked.max(1) as f64);
@@ -581,6 +615,9 @@ pub fn train(
             if let Some(c) = rec["process_cleared"].as_f64() {
                 let exact = rec["passed_exact"].as_f64().unwrap_or(0.0);
                 eprintln!("  process credit: {c:.2} of failing tokens untrained; passing replies exact {exact:.2}");
+            }
+            if let Some(g) = rec["negatives_gated"].as_f64() {
+                eprintln!("  greedy negatives: {g:.2} of negative-advantage tokens were not the argmax, untrained");
             }
             if let Some(n) = rec["off_method"].as_u64() {
                 eprintln!("  step credit: {n} right answers off the worked solution, failed");

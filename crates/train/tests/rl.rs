@@ -526,13 +526,21 @@ fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only
     let cut = right.find("tens:").unwrap();
     let lucky = format!("{}tens: 5 - 2 = 3.\nhundreds: 3 - 1 = 2.\nSo 352 - 127 = 225.\n</think>\n\nAnswer: 225", &right[..cut]);
     let items = vec![item];
-    let run = |step_credit: bool| -> serde_json::Value {
-        let out = d.join(format!("out-{step_credit}"));
+    let run = |step_credit: bool, greedy_negatives: bool| -> serde_json::Value {
+        let out = d.join(format!("out-{step_credit}-{greedy_negatives}"));
         let mut lm = load();
         let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
         let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
         let backend = Scripted { replies: vec![right.clone(), lucky.clone()], next: Default::default() };
-        let o = GrpoOptions { step_credit, group: 2, prompts_per_step: 1, lr: 1e-5, max_tokens: 400, ..options(&out, 1) };
+        let o = GrpoOptions {
+            step_credit,
+            greedy_negatives,
+            group: 2,
+            prompts_per_step: 1,
+            lr: 1e-5,
+            max_tokens: 400,
+            ..options(&out, 1)
+        };
         let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
         let sampler = Sampler::Remote { backend: &backend, parallel: 1 };
         grpo::train(&mut lm, None, &origin, &items, &checker, sampler, &o).unwrap();
@@ -542,9 +550,9 @@ fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only
         serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap())
             .unwrap()
     };
-    let plain = run(false);
+    let plain = run(false, false);
     assert_eq!((plain["pass_rate"].as_f64(), plain["groups_kept"].as_u64()), (Some(1.0), Some(0)), "{plain}");
-    let rec = run(true);
+    let rec = run(true, false);
     assert_eq!((rec["pass_rate"].as_f64(), rec["groups_kept"].as_u64()), (Some(0.5), Some(1)), "{rec}");
     assert_eq!(rec["off_method"], 1, "{rec}");
     // Trained: from the first token off the worked solution through the end of the tens line.
@@ -557,5 +565,66 @@ fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only
     let len = (lucky_ids.len() + 1) as f64; // + the end-of-turn token
     let trained = (1.0 - rec["process_cleared"].as_f64().unwrap()) * len;
     assert!((trained - want as f64).abs() < 1e-6, "{rec}: trained {trained}, want {want}");
+    // With greedy negatives the blame is the first wrong token alone (before the argmax gate).
+    let one = run(true, true);
+    let trained = (1.0 - one["process_cleared"].as_f64().unwrap()) * len;
+    assert!((trained - 1.0).abs() < 1e-6, "{one}: trained {trained}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `--greedy-negatives`: a negative advantage trains only the tokens that were the policy's argmax
+/// at their position. A reply whose every token is one off the argmax, with a negative advantage,
+/// leaves the weights as they were (all its tokens gated); the greedy reply with the same advantage
+/// moves them (none gated); without the gate both move them.
+#[test]
+fn greedy_negatives_train_only_the_argmax_tokens() {
+    use nanbeige_train::data::{Example, Packed};
+    let d = common::tmp("rl-greedy-neg");
+    let model = tiny_chat_model(&d);
+    let load = || nanbeige_train::sft::load_model(&model, candle_core::DType::F32, false).unwrap();
+    let lm = load();
+    let prompt = lm.text.tokenizer.encode("What is 12 + 34?", false).unwrap();
+    let last_argmax = |ids: &[u32]| -> u32 {
+        let mut row = Packed::default();
+        row.push(&Example { ids: ids.to_vec(), mask: vec![true; ids.len()], line: 0 });
+        let logits = lm.model.forward_packed(&row.ids, &row.positions, &row.segments).unwrap();
+        let argmax = logits.argmax(candle_core::D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        // Position len - 2 predicts the last token of `ids`; the next one is predicted at len - 1,
+        // which a packed row does not score: append a dummy token to read it.
+        argmax[ids.len() - 2]
+    };
+    let extend = |off_argmax: bool| {
+        let mut ids = prompt.clone();
+        for _ in 0..6 {
+            ids.push(0);
+            let a = last_argmax(&ids);
+            *ids.last_mut().unwrap() = if off_argmax { (a + 1) % 300 } else { a };
+        }
+        ids
+    };
+    let (greedy, other) = (extend(false), extend(true));
+    let step = |ids: &Vec<u32>, gate: bool| -> (f32, f64, f64) {
+        let mut lm = load();
+        let vars = lm.model.trainable_vars().unwrap();
+        let before: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let mut opt = nanbeige_train::optim::AdamW::new(vars.clone(), 0.0).unwrap();
+        let mask = (0..ids.len()).map(|i| i >= prompt.len()).collect();
+        let seqs = vec![grpo::Seq { ids: ids.clone(), mask, adv: -1.0, weight: 1.0 }];
+        let o = GrpoOptions { greedy_negatives: gate, ..options(&d, 1) };
+        let st = grpo::policy_step(&lm.model, &mut opt, None, &seqs, &o, 1e-3).unwrap();
+        let moved = vars
+            .iter()
+            .zip(&before)
+            .map(|((_, v), b)| {
+                let a: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+            })
+            .fold(0.0f32, f32::max);
+        (moved, st.negative_tokens, st.gated_tokens)
+    };
+    assert_eq!(step(&other, true), (0.0, 6.0, 6.0), "no argmax token: nothing trained");
+    let (moved, negative, gated) = step(&greedy, true);
+    assert!(moved > 1e-4 && negative == 6.0 && gated == 0.0, "{moved} {negative} {gated}");
+    assert!(step(&other, false).0 > 1e-4, "without the gate the unlikely tokens are pushed down");
     std::fs::remove_dir_all(&d).unwrap();
 }
