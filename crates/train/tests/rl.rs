@@ -443,6 +443,23 @@ impl nanbeige_eval::backend::Backend for Scripted {
     }
 }
 
+/// One GRPO step (`o`) on `items` of `model`, each group the scripted `replies` in turn, the answer
+/// checker as reward: the step's metrics line.
+fn scripted_step(
+    model: &Path,
+    lm: &mut nanbeige_engine::LoadedModel,
+    items: &[Item],
+    replies: &[String],
+    o: &GrpoOptions,
+) -> serde_json::Value {
+    let (text, _) = nanbeige_engine::load::load_text(model).unwrap();
+    let origin = Origin { path: model.to_path_buf(), text, eos_ids: lm.eos_ids.clone() };
+    let backend = Scripted { replies: replies.to_vec(), next: Default::default() };
+    let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
+    grpo::train(lm, None, &origin, items, &checker, Sampler::Remote { backend: &backend, parallel: 1 }, o).unwrap();
+    serde_json::from_str(std::fs::read_to_string(o.out.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap()
+}
+
 /// Process credit on an arithmetic prompt. A group of the worked solution (right) and a reply
 /// that copies it up to the tens column and then skips the borrow (wrong): the tokens they share
 /// are right, so the wrong reply's negative advantage must not reach them. With process credit one
@@ -468,11 +485,7 @@ fn process_credit_spares_the_right_steps_of_a_wrong_reply() {
     let run = |process_credit: bool| -> (f64, serde_json::Value) {
         let out = d.join(format!("out-{process_credit}"));
         let mut lm = load();
-        let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
-        let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
-        let backend = Scripted { replies: vec![right.clone(), wrong.clone()], next: Default::default() };
         let o = GrpoOptions { process_credit, group: 2, prompts_per_step: 1, lr: 1e-5, max_tokens: 400, ..options(&out, 1) };
-        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
         let prefix_logprob = |lm: &nanbeige_engine::LoadedModel| {
             let p = nanbeige_engine::prompt::chat_prompt(&lm.text, lm.template.as_ref(), &items[0].messages, None, true)
                 .unwrap();
@@ -487,11 +500,7 @@ fn process_credit_spares_the_right_steps_of_a_wrong_reply() {
             lp.iter().zip(&row.weights).map(|(l, w)| (l * w) as f64).sum::<f64>()
         };
         let before = prefix_logprob(&lm);
-        let sampler = Sampler::Remote { backend: &backend, parallel: 1 };
-        grpo::train(&mut lm, None, &origin, &items, &checker, sampler, &o).unwrap();
-        let rec: serde_json::Value =
-            serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap())
-                .unwrap();
+        let rec = scripted_step(&model, &mut lm, &items, &[right.clone(), wrong.clone()], &o);
         assert_eq!(rec["pass_rate"], 0.5, "{rec}");
         (prefix_logprob(&lm) - before, rec)
     };
@@ -529,9 +538,6 @@ fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only
     let run = |step_credit: bool, greedy_negatives: bool| -> serde_json::Value {
         let out = d.join(format!("out-{step_credit}-{greedy_negatives}"));
         let mut lm = load();
-        let (text, _) = nanbeige_engine::load::load_text(&model).unwrap();
-        let origin = Origin { path: model.clone(), text, eos_ids: lm.eos_ids.clone() };
-        let backend = Scripted { replies: vec![right.clone(), lucky.clone()], next: Default::default() };
         let o = GrpoOptions {
             step_credit,
             greedy_negatives,
@@ -541,14 +547,11 @@ fn step_credit_fails_a_right_answer_reached_through_a_wrong_step_and_blames_only
             max_tokens: 400,
             ..options(&out, 1)
         };
-        let checker = Verifiable { format_weight: 0.0, digit_weight: 0.0, code_timeout: std::time::Duration::from_secs(5) };
-        let sampler = Sampler::Remote { backend: &backend, parallel: 1 };
-        grpo::train(&mut lm, None, &origin, &items, &checker, sampler, &o).unwrap();
+        let rec = scripted_step(&model, &mut lm, &items, &[right.clone(), lucky.clone()], &o);
         let rollouts = std::fs::read_to_string(out.join("rollouts.jsonl")).unwrap();
         let group: serde_json::Value = serde_json::from_str(rollouts.lines().next().unwrap()).unwrap();
         assert_eq!(group["replies"][1]["passed"], !step_credit, "{group}");
-        serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap())
-            .unwrap()
+        rec
     };
     let plain = run(false, false);
     assert_eq!((plain["pass_rate"].as_f64(), plain["groups_kept"].as_u64()), (Some(1.0), Some(0)), "{plain}");
