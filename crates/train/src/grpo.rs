@@ -378,7 +378,8 @@ pub fn policy_step(
             let argmax = logits.argmax(candle_core::D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
             let gated = greedy_negative_weights(&row.weights, adv, &argmax, &row.targets);
             st.gated_tokens += row.weights.iter().zip(&gated).map(|(&a, &b)| (a - b) as f64).sum::<f64>();
-            st.negative_tokens += row.weights.iter().zip(adv).filter(|(_, &a)| a < 0.0).map(|(&w, _)| w as f64).sum::<f64>();
+            let negative = row.weights.iter().zip(adv).filter(|(_, &a)| a < 0.0);
+            st.negative_tokens += negative.map(|(&w, _)| w as f64).sum::<f64>();
             gated
         } else {
             row.weights.clone()
@@ -541,20 +542,21 @@ pub fn train(
                 ids.extend(&r.completion_ids);
                 let mut mask: Vec<bool> = (0..ids.len()).map(|i| i >= r.prompt_ids.len()).collect();
                 if !references.is_empty() {
-                    if a < 0.0 && weight > 0.0 && o.step_credit {
-                        negative_tokens += r.completion_ids.len();
-                        // With greedy negatives only the first wrong token is blamed (when it was the
-                        // argmax): the rest of its line follows from it, as the read-back does.
-                        let ends_line = |t: u32| {
-                            o.greedy_negatives
-                                || lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'))
+                    let (prompt_len, completion) = (r.prompt_ids.len(), &r.completion_ids);
+                    if a < 0.0 && weight > 0.0 {
+                        negative_tokens += completion.len();
+                        cleared += if o.step_credit {
+                            // With greedy negatives only the first wrong token is blamed (when it was
+                            // the argmax): the rest of its line follows from it, as the read-back does.
+                            let ends_line = |t: u32| {
+                                o.greedy_negatives
+                                    || lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'))
+                            };
+                            let trained = keep_first_wrong_step(&mut mask, prompt_len, completion, &references, ends_line);
+                            completion.len() - trained
+                        } else {
+                            clear_verified_prefix(&mut mask, prompt_len, completion, &references)
                         };
-                        let trained =
-                            keep_first_wrong_step(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references, ends_line);
-                        cleared += r.completion_ids.len() - trained;
-                    } else if a < 0.0 && weight > 0.0 {
-                        negative_tokens += r.completion_ids.len();
-                        cleared += clear_verified_prefix(&mut mask, r.prompt_ids.len(), &r.completion_ids, &references);
                     } else if s.passed {
                         passed_checked += 1;
                         passed_exact += usize::from(references.iter().any(|x| x.starts_with(&r.completion_ids)));
