@@ -552,7 +552,8 @@ pub fn train(
                                 o.greedy_negatives
                                     || lm.text.tokenizer.decode(&[t], false).is_ok_and(|piece| piece.contains('\n'))
                             };
-                            let trained = keep_first_wrong_step(&mut mask, prompt_len, completion, &references, ends_line);
+                            let trained =
+                                keep_first_wrong_step(&mut mask, prompt_len, completion, &references, ends_line);
                             completion.len() - trained
                         } else {
                             clear_verified_prefix(&mut mask, prompt_len, completion, &references)
