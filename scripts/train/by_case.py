@@ -16,12 +16,17 @@ import re
 import sys
 
 
-def case(prompt):
+def problem(prompt):
+    """(a, op, b) of an `add` prompt ("What is a op b?")."""
     a, op, b = re.search(r"(\d+) ([-+]) (\d+)", prompt).groups()
+    return int(a), op, int(b)
+
+
+def case(prompt):
+    a, op, b = problem(prompt)
     if op == "+":
         return "addition"
     # Column by column from the ones: the first column whose top digit is the smaller needs a borrow.
-    a, b = int(a), int(b)
     while b:
         if a % 10 < b % 10:
             return "subtraction, needs a borrow"
@@ -54,8 +59,7 @@ def main():
         for i, r in log.items():
             if i in before and i in after:
                 for sample in r["samples"]:
-                    a, op, b = re.search(r"(\d+) ([-+]) (\d+)", r["prompt"]).groups()
-                    key = (case(r["prompt"]), readback(sample["text"], (int(a), op, int(b))))
+                    key = (case(r["prompt"]), readback(sample["text"], problem(r["prompt"])))
                     tally[key] = tally.get(key, 0) + 1
         print(f"{label}, replies by columns and closing line:")
         for name in sorted({k for k, _ in tally}):

@@ -19,7 +19,8 @@
 #   e.g. from balance_add.py; held-out evaluation is unchanged), GREEDY_FIRST=1 (the first reply of
 #   each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from its
 #   first step off the worked solution: --process-credit), STEP_CREDIT=1 (a below-average reply is
-#   trained only on its first line off the worked solution: --step-credit).
+#   trained only on its first line off the worked solution: --step-credit), GREEDY_NEGATIVES=1 (a
+#   negative advantage trains only tokens that were the argmax: --greedy-negatives).
 #   The checker watches every rollout (logged pass rate, never the reward).
 # Steps already done in WORKDIR (the reward model, evaluations) are kept.
 set -euo pipefail
@@ -33,6 +34,7 @@ EXTRA=(); [ -z "${NO_STD:-}" ] || EXTRA+=(--no-std)
 [ -z "${GREEDY_FIRST:-}" ] || EXTRA+=(--greedy-first)
 [ -z "${PROCESS_CREDIT:-}" ] || EXTRA+=(--process-credit)
 [ -z "${STEP_CREDIT:-}" ] || EXTRA+=(--step-credit)
+[ -z "${GREEDY_NEGATIVES:-}" ] || EXTRA+=(--greedy-negatives)
 PROMPT_SRC=(--gen add --n 2000); [ -z "${DATA:-}" ] || PROMPT_SRC=(--data "$DATA" --task math)
 EXTRA+=(--rm-refresh-lr "${RM_REFRESH_LR:-0}" --rm-refresh-pairs "${RM_REFRESH_PAIRS:-2}")
 mkdir -p "$W"
