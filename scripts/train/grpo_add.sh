@@ -11,7 +11,8 @@
 #        each group is the greedy one: --greedy-first), PROCESS_CREDIT=1 (a failing reply is blamed from
 #        its first step off the worked solution: --process-credit), STEP_CREDIT=1 (a reply passes only as
 #        the worked solution, and a failing one is trained only on its first wrong line: --step-credit),
-#        GREEDY_NEGATIVES=1 (a negative advantage trains only tokens that were the argmax: --greedy-negatives)
+#        GREEDY_NEGATIVES=1 (a negative advantage trains only tokens that were the argmax: --greedy-negatives),
+#        MODES ("greedy sampled": which held-out evaluations; N_EVAL=600 holds the default 200 first)
 # Evaluations already in WORKDIR (e.g. the SFT model's, copied from an earlier run) are kept.
 # Defaults are run 3 of the doc; run 2 was STEPS=25 LR=3e-6 SEED=2 BATCH_TOKENS=256.
 set -euo pipefail
@@ -29,12 +30,12 @@ mkdir -p "$W"
 /usr/bin/time -v "$BIN" train grpo --model "$SFT" "${PROMPT_SRC[@]}" --out "$W/grpo" --steps "$STEPS" \
     --prompts "$PROMPTS" --group "$GROUP" --lr "$LR" --temperature "$TEMP" --digit-reward "$DIGIT" --max-tokens 256 --batch-tokens "$BATCH_TOKENS" \
     --rollout-batch 48 --save-every 10 --seed "$SEED" "${FLAGS[@]}" 2> "$W/train.log"
-for m in sft grpo; do
-    M="$SFT"; [ "$m" = grpo ] && M="$W/grpo"
-    [ -s "$W/greedy-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
-        --parallel 16 --out "$W/greedy-$m.jsonl" --json > "$W/greedy-$m.json"
-    [ -s "$W/sampled-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
-        --parallel 16 --samples 4 --temperature 1 --top-p 1 --out "$W/sampled-$m.jsonl" --json > "$W/sampled-$m.json"
+for mode in ${MODES:-greedy sampled}; do
+    for m in sft grpo; do
+        M="$SFT"; [ "$m" = grpo ] && M="$W/grpo"
+        S=(); [ "$mode" = sampled ] && S=(--samples 4 --temperature 1 --top-p 1)
+        [ -s "$W/$mode-$m.json" ] || "$BIN" eval math --gen add --n "$N_EVAL" --seed 2 --model "$M" --max-tokens 256 \
+            --parallel 16 "${S[@]}" --out "$W/$mode-$m.jsonl" --json > "$W/$mode-$m.json"
+    done
+    "$BIN" eval compare "$W/$mode-sft.jsonl" "$W/$mode-grpo.jsonl" | tee "$W/compare-$mode.txt"
 done
-"$BIN" eval compare "$W/greedy-sft.jsonl" "$W/greedy-grpo.jsonl" | tee "$W/compare-greedy.txt"
-"$BIN" eval compare "$W/sampled-sft.jsonl" "$W/sampled-grpo.jsonl" | tee "$W/compare-sampled.txt"
