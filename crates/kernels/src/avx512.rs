@@ -214,7 +214,8 @@ unsafe fn store<const MT: usize>(acc: &[__m512; MT], out: &mut [[f32; 16]]) {
 pub unsafe fn tile_two(w: &PackedMatrix, g0: usize, g1: usize, a: &Acts, row: usize, out: &mut [[f32; 16]; 2]) {
     let (p0, p1, nb) = (w.group_ptr(g0), w.group_ptr(g1), w.blocks());
     let tb = w.format().tile_bytes();
-    let pd = prefetch_distance();
+    // The prefetch distance is the core's, so the two streams share it.
+    let pd = prefetch_distance() / 2;
     let mut wide = Wide([0; 256]);
     let sm = wide.0.as_mut_ptr();
     macro_rules! lockstep {

@@ -86,12 +86,14 @@ pub fn active_isa() -> Isa {
     })
 }
 
-/// How many bytes ahead of the data being multiplied the kernels (quantized and bf16/f16) ask
-/// for the weight stream (software prefetch into L2), or 0 for none. On Intel cores the hardware prefetchers
-/// leave one core streaming a Q4_0 GEMV from memory at ~10.5 GB/s where asking 8 KiB ahead reaches
-/// ~14.5 (Xeon with AVX-512, 2 MiB pages, `kernel_bench`; docs/PERFORMANCE.md). On AMD it is off: a nearer prefetch (two
-/// blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3; this one is untested
-/// there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
+/// How many bytes ahead of the data being multiplied each core's kernels (quantized and bf16/f16)
+/// ask for their weights (software prefetch into L2), or 0 for none; a decode kernel reading two
+/// weight streams gives each half of it. On Intel cores the hardware prefetchers leave one core
+/// streaming a Q4_0 GEMV from memory at ~10.5 GB/s where asking ahead reaches ~14.5 (Xeon with
+/// AVX-512, 2 MiB pages, `kernel_bench`; docs/PERFORMANCE.md); 4 KiB beat 8 KiB once decode read
+/// two streams (Q4_K matmuls +7%, whole Q4_K_M decode +5-7%, bf16 +2%). On AMD it is off: a
+/// nearer prefetch (two blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3;
+/// this one is untested there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
 pub fn prefetch_distance() -> usize {
     static DIST: OnceLock<usize> = OnceLock::new();
     *DIST.get_or_init(|| {
@@ -133,7 +135,7 @@ fn streams_setting(env: Option<&str>, intel: bool) -> Option<usize> {
 fn prefetch_setting(env: Option<&str>, intel: bool) -> Option<usize> {
     match env.map(str::trim) {
         Some(v) if !v.is_empty() => v.parse().ok(),
-        _ => Some(if intel { 8 << 10 } else { 0 }),
+        _ => Some(if intel { 4 << 10 } else { 0 }),
     }
 }
 
@@ -176,9 +178,9 @@ mod tests {
 
     #[test]
     fn prefetch_setting_defaults_by_vendor_and_obeys_the_variable() {
-        assert_eq!(prefetch_setting(None, true), Some(8192));
+        assert_eq!(prefetch_setting(None, true), Some(4096));
         assert_eq!(prefetch_setting(None, false), Some(0));
-        assert_eq!(prefetch_setting(Some("  "), true), Some(8192));
+        assert_eq!(prefetch_setting(Some("  "), true), Some(4096));
         assert_eq!(prefetch_setting(Some("0"), true), Some(0));
         assert_eq!(prefetch_setting(Some("16384"), false), Some(16384));
         assert_eq!(prefetch_setting(Some("8k"), true), None);
