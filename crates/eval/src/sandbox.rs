@@ -125,7 +125,9 @@ pub fn run_python(script: &str, timeout: Duration) -> Result<(String, bool)> {
             ..Default::default()
         };
         match nanbeige_agent::sandbox::run_python(script, &limits) {
-            Ok(o) => return Ok((o.stdout, o.timed_out)),
+            // The CPU limit equals the wall limit, so a busy loop can meet either first; both
+            // mean the code ran too long.
+            Ok(o) => return Ok((o.stdout, o.timed_out || o.signal == Some(libc::SIGXCPU))),
             Err(e) if e.to_string().contains("sandbox unavailable") => {
                 FALLBACK.get_or_init(|| eprintln!("warning: {e}; code tests run in a plain rlimited process"));
             }
@@ -160,9 +162,11 @@ fn run_python_plain(script: &str, timeout: Duration) -> Result<(String, bool)> {
         buf
     });
     let start = Instant::now();
-    let mut timed_out = false;
+    let timed_out;
     loop {
-        if child.try_wait()?.is_some() {
+        if let Some(status) = child.try_wait()? {
+            // Killed by the CPU limit (as long as the wall limit): the code ran too long too.
+            timed_out = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGXCPU);
             break;
         }
         if start.elapsed() > timeout {
