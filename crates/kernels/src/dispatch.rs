@@ -91,9 +91,9 @@ pub fn active_isa() -> Isa {
 /// weight streams gives each half of it. On Intel cores the hardware prefetchers leave one core
 /// streaming a Q4_0 GEMV from memory at ~10.5 GB/s where asking ahead reaches ~14.5 (Xeon with
 /// AVX-512, 2 MiB pages, `kernel_bench`; docs/PERFORMANCE.md); 4 KiB beat 8 KiB once decode read
-/// two streams (Q4_K matmuls +7-10%, whole decode Q4_K_M +9%, Q4_0 +3%, bf16 +3%). On AMD it is off: a
-/// nearer prefetch (two blocks ahead, into L1) lost speed on Zen 4 and none was kept on Zen 3;
-/// this one is untested there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
+/// two streams (Q4_K matmuls +7-12%, whole decode Q4_K_M +9%, Q4_0 +3%, bf16 +3%). On AMD it is
+/// off: a nearer prefetch (two blocks ahead, into L1) lost speed on Zen 4 and none was kept on
+/// Zen 3; this one is untested there. `NANBEIGE_PREFETCH=BYTES` overrides (0 turns it off).
 pub fn prefetch_distance() -> usize {
     static DIST: OnceLock<usize> = OnceLock::new();
     *DIST.get_or_init(|| {
