@@ -103,11 +103,15 @@ pub fn matmul_float(isa: Isa, w: FloatWeights, n: usize, k: usize, x: &[f32], m:
 /// m = 1: one weight row at a time, rows in memory order, so each thread reads one sequential
 /// stream (four interleaved row streams defeat the hardware prefetcher and cost ~half the
 /// bandwidth); x stays in L1/L2.
+/// Items are runs of 16 rows, shrinking toward the end of the call (`pool::shrinking_spans`).
 fn gemv(isa: Isa, w: FloatWeights, n: usize, k: usize, x: &[f32], y: &mut [f32]) {
-    let per_item = n.div_ceil(pool::threads() * 8).max(16);
+    const RUN: usize = 16;
+    let mut spans = [(0u32, 0u32, 0u32); pool::SPANS_MAX];
+    let items = pool::shrinking_spans(&[n.div_ceil(RUN)], 1, &mut spans);
     let yp = SendPtr(y.as_mut_ptr());
-    pool::for_each(n.div_ceil(per_item), |item| {
-        for row in item * per_item..((item + 1) * per_item).min(n) {
+    pool::for_each(items, |item| {
+        let (_, lo, hi) = spans[item];
+        for row in RUN * lo as usize..(RUN * hi as usize).min(n) {
             let v = match isa {
                 // SAFETY: the path was checked to be supported.
                 #[cfg(target_arch = "x86_64")]

@@ -83,10 +83,18 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts, streams: usiz
     let m = a.m;
     let mc = if m <= MT_MAX { m } else { (CHUNK_BYTES / a.k).clamp(MT_MAX, 512) / MT_MAX * MT_MAX };
     let chunks = m.div_ceil(mc);
-    // Enough items per chunk that both cores stay busy even if one is interrupted; each still
-    // covers several groups so the per-item overhead stays small.
-    let want = if chunks == 1 { pool::threads() * 8 } else { pool::threads() * 2 };
-    // Per matrix: (groups per item, items per chunk, first item).
+    // Decode on AVX-512: a work item's groups are taken in pairs (g, g + half) read in lockstep,
+    // two weight streams per core (`decode_streams`).
+    let two = m == 1 && streams >= 2 && isa == Isa::Avx512;
+    // One chunk of activation rows (decode, small batches): shrinking items (`pool::shrinking_spans`).
+    let mut spans = [(0u32, 0u32, 0u32); pool::SPANS_MAX];
+    let mut groups = [0; MANY_MAX];
+    groups.iter_mut().zip(outs).for_each(|(g, (w, _))| *g = w.groups());
+    let nspans = if chunks == 1 { pool::shrinking_spans(&groups[..outs.len()], if two { 2 } else { 1 }, &mut spans) } else { 0 };
+    let spans = &spans[..nspans];
+    // Several chunks (prefill): per matrix, (groups per item, items per chunk, first item), a
+    // few items per chunk so both cores stay busy even if one is interrupted.
+    let want = pool::threads() * 2;
     let mut plan = [(0usize, 0usize, 0usize); MANY_MAX];
     let mut total = 0;
     for ((w, _), p) in outs.iter().zip(plan.iter_mut()) {
@@ -97,16 +105,19 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts, streams: usiz
         total += chunks * items_per_chunk;
     }
     let plan = &plan[..outs.len()];
-    // Decode on AVX-512: a work item's groups are taken in pairs (g, g + half) read in lockstep,
-    // two weight streams per core (`decode_streams`).
-    let two = m == 1 && streams >= 2 && isa == Isa::Avx512;
-    pool::for_each(total, |item| {
-        let wi = plan.partition_point(|p| p.2 <= item) - 1;
-        let (per_item, items_per_chunk, first) = plan[wi];
+    let items = if spans.is_empty() { total } else { spans.len() };
+    pool::for_each(items, |item| {
+        // This item's matrix, chunk and groups.
+        let (wi, c, g_lo, g_hi) = if let Some(&(wi, lo, hi)) = spans.get(item) {
+            (wi as usize, 0, lo as usize, hi as usize)
+        } else {
+            let wi = plan.partition_point(|p| p.2 <= item) - 1;
+            let (per_item, items_per_chunk, first) = plan[wi];
+            let (c, gi) = ((item - first) / items_per_chunk, (item - first) % items_per_chunk);
+            (wi, c, gi * per_item, ((gi + 1) * per_item).min(outs[wi].0.groups()))
+        };
         let (w, y) = (outs[wi].0, outs[wi].1);
-        let (n, groups) = (w.n(), w.groups());
-        let item = item - first;
-        let (c, gi) = (item / items_per_chunk, item % items_per_chunk);
+        let n = w.n();
         let (r0, r1) = (c * mc, ((c + 1) * mc).min(m));
         // SAFETY (both writes): item (c, g) alone writes rows r0..r1, columns 16g..16g+cols.
         let put = |g: usize, r: usize, rows: &[[f32; ROWS]]| {
@@ -115,7 +126,6 @@ fn run(isa: Isa, outs: &[(&PackedMatrix, SendPtr<f32>)], a: &Acts, streams: usiz
                 unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), y.get().add((r + j) * n + g * ROWS), cols) };
             }
         };
-        let (g_lo, g_hi) = (gi * per_item, ((gi + 1) * per_item).min(groups));
         // Pairs (g, g + pairs) first; what is left (one group at most, or all without pairing) alone.
         let pairs = if two { (g_hi - g_lo) / 2 } else { 0 };
         for g in g_lo..g_lo + pairs {

@@ -13,7 +13,7 @@ use rand::Rng;
 #[test]
 fn half_weights_match_f64_on_every_path() {
     let mut rng = common::rng("half_weights_match_f64_on_every_path");
-    for (m, n, k) in [(1, 1, 1), (1, 37, 100), (3, 5, 17), (17, 9, 333), (69, 6, 64), (130, 7, 48)] {
+    for (m, n, k) in [(1, 1, 1), (1, 37, 100), (1, 16 * 23 + 5, 40), (3, 5, 17), (17, 9, 333), (69, 6, 64), (130, 7, 48)] {
         let wf: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x = common::random_acts(&mut rng, m, k);
         let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();

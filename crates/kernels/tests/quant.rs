@@ -291,13 +291,14 @@ fn each_row_is_independent_of_the_batch() {
 }
 
 /// Several matrices on one input (q/k/v, gate/up) in one call give exactly what one call per
-/// matrix gives, for every format and path, with matrices of different heights (odd ones too).
+/// matrix gives, for every format and path, with matrices of different heights (odd ones too,
+/// and one of many groups, so that work items of several sizes cross from matrix to matrix).
 #[test]
 fn matmul_many_equals_one_call_per_matrix() {
     let mut rng = common::rng("matmul_many");
     for f in Format::ALL {
         let k = 2 * f.block_len().max(64);
-        let ns = [37usize, 16, 5];
+        let ns = [16 * 21 + 5, 37usize, 16, 5];
         let ws: Vec<PackedMatrix> = ns
             .iter()
             .map(|&n| PackedMatrix::from_gguf(f, n, k, &common::random_blocks(&mut rng, f, n, k)).unwrap())
