@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p nanbeige-kernels --example kernel_bench -- \
 //!         [FORMAT...] [--m 1,512] [--isa scalar|avx2|avx512] [--shape N,K] [--copies C]
-//!     cargo run --release -p nanbeige-kernels --example kernel_bench -- --decode-sim [FORMAT]
+//!     cargo run --release -p nanbeige-kernels --example kernel_bench -- --decode-sim [FORMAT|Q4_K_M]
 //!
 //! `--copies 1 --shape 512,2560` keeps the weights in cache: the kernel's compute speed alone.
 //! `--decode-sim` times the matmuls of one whole decode step (32 layers + a Q6_K head) back to
@@ -62,29 +62,43 @@ fn read_bandwidth() -> f64 {
     (buf.len() * 8) as f64 / secs / 1e9
 }
 
-/// One decode step of the Nanbeige4.1-3B shape, matmuls only, back to back: 32 layers of
-/// q, k, v, o, gate, up, down in `f`, then a Q6_K LM head, as weights stream from memory.
-fn simulate_decode(f: Format, isa: Isa) {
-    let layer = [(2560, 2560), (512, 2560), (512, 2560), (2560, 2560), (10496, 2560), (10496, 2560), (2560, 10496)];
-    let mut mats = vec![];
-    for _ in 0..32 {
-        for &(n, k) in &layer {
-            mats.push(PackedMatrix::from_gguf(f, n, k, &blocks(f, n, k)).unwrap());
+/// One decode step of the Nanbeige4.1-3B shape, matmuls only, back to back, grouped into calls
+/// as the engine makes them (q/k/v together when they share a format, o, gate/up, down): 32
+/// layers in `f`, or as llama.cpp's Q4_K_M mixes them (`mixed`: v and down in Q6_K in 16 of the
+/// layers, the rest Q4_K), then a Q6_K LM head, as weights stream from memory.
+fn simulate_decode(f: Format, mixed: bool, isa: Isa) {
+    let (h, kv, ff) = (2560, 512, 10496);
+    let mat = |f: Format, n: usize, k: usize| PackedMatrix::from_gguf(f, n, k, &blocks(f, n, k)).unwrap();
+    // Each call: its matrices (one format, one input).
+    let mut calls: Vec<Vec<PackedMatrix>> = vec![];
+    for l in 0..32 {
+        // llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third between.
+        let more = mixed && (l < 4 || l >= 28 || (l - 4) % 3 == 2);
+        let big = if more { Format::Q6K } else { f };
+        let (q, k, v) = (mat(f, h, h), mat(f, kv, h), mat(big, kv, h));
+        if v.format() == q.format() {
+            calls.push(vec![q, k, v]);
+        } else {
+            calls.extend([vec![q], vec![k], vec![v]]);
         }
+        calls.push(vec![mat(f, h, h)]);
+        calls.push(vec![mat(f, ff, h), mat(f, ff, h)]);
+        calls.push(vec![mat(big, h, ff)]);
     }
-    mats.push(PackedMatrix::from_gguf(Format::Q6K, 166144, 2560, &blocks(Format::Q6K, 166144, 2560)).unwrap());
-    let bytes: usize = mats.iter().map(|m| m.size_in_bytes()).sum();
-    let x: Vec<f32> = random_bytes(10496, 3).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();
-    let mut y = vec![0f32; 166144];
-    // One and two weight streams per core (dispatch::decode_streams), alternated on the same
-    // matrices, first one then the other, so that the machine's drift hits both alike.
+    calls.push(vec![mat(Format::Q6K, 166144, h)]);
+    let bytes: usize = calls.iter().flatten().map(|m| m.size_in_bytes()).sum();
+    let x: Vec<f32> = random_bytes(ff, 3).iter().map(|&b| b as f32 / 128.0 - 1.0).collect();
+    let mut ys: Vec<Vec<f32>> = vec![vec![0f32; 166144]; 3];
+    let name = if mixed { "Q4_K_M" } else { f.name() };
     for round in 0..4 {
         println!("read bandwidth (2 threads, 256 MiB): {:.1} GB/s", read_bandwidth());
         for streams in if round % 2 == 0 { [1, 2] } else { [2, 1] } {
             let secs = time(
                 || {
-                    for m in &mats {
-                        matmul_streams_isa(isa, streams, m, &x[..m.k()], 1, &mut y[..m.n()]);
+                    for ws in &calls {
+                        let refs: Vec<&PackedMatrix> = ws.iter().collect();
+                        let mut outs: Vec<&mut [f32]> = ys.iter_mut().zip(ws).map(|(y, w)| &mut y[..w.n()]).collect();
+                        matmul_streams_isa(isa, streams, &refs, &x[..ws[0].k()], 1, &mut outs);
                     }
                 },
                 3.0,
@@ -92,7 +106,7 @@ fn simulate_decode(f: Format, isa: Isa) {
             let cpu = *CPU_PER_ITER.lock().unwrap();
             println!(
                 "round {round}, {streams} stream(s): decode step ({} layers + Q6_K head, {:.2} GB): {:.1} ms = {:.2} tok/s, {:.1} GB/s ({:.0}% of {} cores busy)",
-                f.name(),
+                name,
                 bytes as f64 / 1e9,
                 secs * 1e3,
                 1.0 / secs,
@@ -162,8 +176,10 @@ fn main() {
         i += 1;
     }
     if decode_sim {
-        let f = formats.first().map(|n| *Format::ALL.iter().find(|f| f.name() == n).expect("format")).unwrap_or(Format::Q4_0);
-        simulate_decode(f, *isas.last().unwrap());
+        let name = formats.first().map(String::as_str).unwrap_or("Q4_0");
+        let mixed = name == "Q4_K_M";
+        let f = if mixed { Format::Q4K } else { *Format::ALL.iter().find(|f| f.name() == name).expect("format") };
+        simulate_decode(f, mixed, *isas.last().unwrap());
         return;
     }
     let all = Format::ALL.iter().map(|f| f.name().to_string()).chain(["BF16".to_string()]);

@@ -14,7 +14,7 @@
 use crate::acts::Acts;
 use crate::dispatch::{prefetch_distance, prefetch_l2};
 use crate::gemm::{Out, MT_MAX};
-use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
+use crate::layout::{hb_at, q6k_at, qs_at, Format, PackedMatrix, Tile};
 use core::arch::x86_64::*;
 use core::ops::Range;
 
@@ -313,6 +313,21 @@ unsafe fn q45k<const N: usize>(five: bool, w: *const u8, halves: Range<usize>, b
     store_halves(&acc, halves, out);
 }
 
+/// The four code vectors (t = 0..4) of a Q6_K chunk's half at `p` (`layout::q6k_at`): three
+/// masks, and the fourth code gathered from the top bit pairs (16-bit shifts; what crosses into
+/// the other byte is masked off).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_codes(p: *const u8) -> [__m256i; 4] {
+    let v: [__m256i; 3] = std::array::from_fn(|j| load(p.add(64 * j)));
+    let m = |x: __m256i, b: i8| _mm256_and_si256(x, _mm256_set1_epi8(b));
+    let top = _mm256_or_si256(
+        _mm256_or_si256(m(_mm256_srli_epi16::<6>(v[0]), 0x03), m(_mm256_srli_epi16::<4>(v[1]), 0x0C)),
+        m(_mm256_srli_epi16::<2>(v[2]), 0x30),
+    );
+    [m(v[0], 0x3F), m(v[1], 0x3F), m(v[2], 0x3F), top]
+}
+
 /// Q6_K for several activation rows, one half at a time (same quarter-by-quarter order as the
 /// AVX-512 kernel; see there). One row: `q6k_m1`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -323,9 +338,6 @@ unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize,
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
     let (vo, so) = (32 * half, 16 * half);
-    let low4 = _mm256_set1_epi8(0x0F);
-    let hi2 = _mm256_set1_epi8(0x30);
-    let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
     let mut acc = [_mm256_setzero_ps(); N];
     let pd = if halves.start == 0 { prefetch_distance() } else { 0 };
     for b in 0..blocks {
@@ -338,16 +350,7 @@ unsafe fn q6k<const N: usize>(w: *const u8, halves: Range<usize>, blocks: usize,
             let (h, cg) = (q / 2, q % 2);
             // by_chunk[c4][tt]: elements 128h + 32tt + 4c .. +4 of the 8 rows, c = 4cg + c4.
             let by_chunk: [[__m256i; 4]; 4] = std::array::from_fn(|c4| {
-                let c = 4 * cg + c4;
-                let hv = load(t.add(q6k_qh_at(8 * h + c) + vo));
-                let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c) + vo));
-                let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c) + vo));
-                [
-                    code(l0, _mm256_slli_epi16::<4>(hv)),
-                    code(l1, _mm256_slli_epi16::<2>(hv)),
-                    code(_mm256_srli_epi16::<4>(l0), hv),
-                    code(_mm256_srli_epi16::<4>(l1), _mm256_srli_epi16::<2>(hv)),
-                ]
+                q6k_codes(t.add(q6k_at(8 * h + 4 * cg + c4) + vo))
             });
             let codes: [[__m256i; 4]; 4] = std::array::from_fn(|tt| std::array::from_fn(|c4| by_chunk[c4][tt]));
             for (j, tot) in tot.iter_mut().enumerate() {
@@ -388,10 +391,7 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut Ha
     let lay = Tile::of(Format::Q6K);
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
-    let low4 = _mm256_set1_epi8(0x0F);
-    let hi2 = _mm256_set1_epi8(0x30);
     let ones = _mm256_set1_epi16(1);
-    let code = |l: __m256i, h: __m256i| _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(h, hi2));
     let mut acc = [_mm256_setzero_ps(); 2];
     let pd = prefetch_distance();
     for b in 0..blocks {
@@ -411,16 +411,7 @@ unsafe fn q6k_m1(w: *const u8, blocks: usize, a: &Acts, row: usize, out: &mut Ha
                 for pair in 0..2 {
                     let mut p16 = [_mm256_setzero_si256(); 4];
                     for e in 0..2 {
-                        let c = 4 * cg + 2 * pair + e;
-                        let hv = load(t.add(q6k_qh_at(8 * h + c) + 32 * half));
-                        let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c) + 32 * half));
-                        let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c) + 32 * half));
-                        let codes = [
-                            code(l0, _mm256_slli_epi16::<4>(hv)),
-                            code(l1, _mm256_slli_epi16::<2>(hv)),
-                            code(_mm256_srli_epi16::<4>(l0), hv),
-                            code(_mm256_srli_epi16::<4>(l1), _mm256_srli_epi16::<2>(hv)),
-                        ];
+                        let codes = q6k_codes(t.add(q6k_at(8 * h + 4 * cg + 2 * pair + e) + 32 * half));
                         for (tt, p) in p16.iter_mut().enumerate() {
                             let m = _mm256_maddubs_epi16(codes[tt], bcast_i32(aq.add(32 * tt + 8 * pair + 4 * e)));
                             // Two 6-bit products per int16 lane at most (see the header).

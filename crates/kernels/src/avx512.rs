@@ -13,7 +13,7 @@
 use crate::acts::Acts;
 use crate::dispatch::{prefetch_distance, prefetch_l2};
 use crate::gemm::{Out, MT_MAX};
-use crate::layout::{hb_at, q6k_qh_at, qs_at, Format, PackedMatrix, Tile};
+use crate::layout::{hb_at, q6k_at, qs_at, Format, PackedMatrix, Tile};
 use core::arch::x86_64::*;
 
 const Q4_0: u8 = 0;
@@ -340,7 +340,7 @@ unsafe fn q45k_block<const FIVE: bool, const MT: usize>(
     }
 }
 
-/// Q6_K: 16 sub-blocks of 16 with int8 scales; codes are 4 low bits + 2 high bits, offset 32.
+/// Q6_K: 16 sub-blocks of 16 with int8 scales; 6-bit codes, offset 32, as `layout::q6k_at` packs them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q6k<const MT: usize>(w: *const u8, blocks: usize, a: &Acts, row0: usize, out: &mut Out) {
     let tb = Format::Q6K.tile_bytes();
@@ -359,10 +359,7 @@ unsafe fn q6k_block<const MT: usize>(t: *const u8, b: usize, a: &Acts, row0: usi
     let lay = Tile::of(Format::Q6K);
     let tb = Format::Q6K.tile_bytes();
     let k = a.k;
-    let low4 = _mm512_set1_epi8(0x0F);
-    let hi2 = _mm512_set1_epi8(0x30);
-    // (l & 0x0F) | (h & 0x30), h's other bits already cleared.
-    let code = |l: __m512i, h: __m512i| _mm512_ternarylogic_epi32::<0xEC>(l, _mm512_and_si512(h, hi2), low4);
+    let (m3f, m0c, m3c) = (_mm512_set1_epi8(0x3F), _mm512_set1_epi8(0x0C), _mm512_set1_epi8(0x3C));
     let mut tot = [_mm512_setzero_si512(); MT];
     // Quarter q = 2h + cg covers elements 128h + 32tt + 16cg + (0..16) for tt = 0..3, i.e.
     // sub-blocks 8h + 2tt + cg; chunk c = 4cg + c4 of half h.
@@ -375,16 +372,17 @@ unsafe fn q6k_block<const MT: usize>(t: *const u8, b: usize, a: &Acts, row0: usi
             if pd != 0 {
                 prefetch_l2(t.wrapping_add(pd + (4 * q + c4) * tb / 16), tb / 16);
             }
-            let c = 4 * cg + c4;
-            let hv = load(t.add(q6k_qh_at(8 * h + c)));
-            let l0 = load(t.add(qs_at(Format::Q6K, 16 * h + c)));
-            let l1 = load(t.add(qs_at(Format::Q6K, 16 * h + 8 + c)));
-            // High bits tt sit at bits 2tt..2tt+1 of each qh byte; move them to bits 4..5
-            // (16-bit shifts: bits crossing into the next byte are masked off).
-            cv[0] = code(l0, _mm512_slli_epi16::<4>(hv));
-            cv[1] = code(l1, _mm512_slli_epi16::<2>(hv));
-            cv[2] = code(_mm512_srli_epi16::<4>(l0), hv);
-            cv[3] = code(_mm512_srli_epi16::<4>(l1), _mm512_srli_epi16::<2>(hv));
+            let at = q6k_at(8 * h + 4 * cg + c4);
+            let v: [__m512i; 3] = std::array::from_fn(|j| load(t.add(at + 64 * j)));
+            for j in 0..3 {
+                cv[j] = _mm512_and_si512(v[j], m3f);
+            }
+            // The fourth code's bit pairs sit at bits 6..7 of each vector; move them to bits
+            // 0..1, 2..3 and 4..5 (16-bit shifts: what crosses into the other byte lands where
+            // the next select or the final mask drops it). ternlog 0xE4: c ? a : b, bit by bit.
+            let (s0, s1, s2) = (_mm512_srli_epi16::<6>(v[0]), _mm512_srli_epi16::<4>(v[1]), _mm512_srli_epi16::<2>(v[2]));
+            let hi = _mm512_ternarylogic_epi32::<0xE4>(s1, s2, m0c);
+            cv[3] = _mm512_and_si512(_mm512_ternarylogic_epi32::<0xE4>(hi, s0, m3c), m3f);
         }
         for (j, tot) in tot.iter_mut().enumerate() {
             let row = row0 + j;

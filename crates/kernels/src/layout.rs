@@ -10,7 +10,10 @@
 //! ggml has it, so unpacking is the same shifts and masks as in ggml. The fifth bit of Q5 formats
 //! is pre-arranged as one 64-bit mask per unpacked 64-byte vector (bit 4*row + lane). Q4_K/Q5_K
 //! 6-bit scales and minimums stay 6-bit (a nibble plane and a 2-bit plane, `six_bit_at`) so the
-//! tile is no larger than the file's blocks; kernels widen them to bytes once per tile. Q5_K and Q6_K interleave their bit planes in the order the
+//! tile is no larger than the file's blocks; kernels widen them to bytes once per tile. Q6_K is
+//! the one format whose codes are rearranged: each 4-code group of a row becomes 3 bytes, three
+//! whole 6-bit codes with the fourth's bits on top (`q6k_at`), which unpacks in fewer operations
+//! than ggml's nibble and 2-bit planes. Q5_K and Q6_K interleave their parts in the order the
 //! kernels read them, so each tile is one sequential stream (with separate planes the hardware
 //! prefetcher fell behind and decode ran at half the bandwidth). A tile is exactly as large as its
 //! 16 GGUF blocks, so decode reads no more bytes than the file holds.
@@ -120,10 +123,9 @@ pub struct Tile {
     pub mn: usize,
     /// Q5 formats: fifth-bit masks, one u64 per unpacked vector (bit 4*row + lane).
     pub hb: usize,
-    /// Low quant bytes (nibbles, or whole int8 codes for Q8_0), dword-transposed.
+    /// Low quant bytes (nibbles, or whole int8 codes for Q8_0), dword-transposed; Q6_K: its
+    /// code chunks (`q6k_at`).
     pub qs: usize,
-    /// Q6_K: the 2-bit high parts, dword-transposed.
-    pub qh: usize,
     pub end: usize,
 }
 
@@ -131,32 +133,27 @@ impl Tile {
     pub const fn of(f: Format) -> Tile {
         const NO: usize = usize::MAX;
         match f {
-            Format::Q4_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: NO, qs: 32, qh: NO, end: 32 + 256 },
-            Format::Q4_1 => Tile { d: 0, m: 32, sc: NO, mn: NO, hb: NO, qs: 64, qh: NO, end: 64 + 256 },
-            Format::Q5_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: 32, qs: 96, qh: NO, end: 96 + 256 },
-            Format::Q5_1 => Tile { d: 0, m: 32, sc: NO, mn: NO, hb: 64, qs: 128, qh: NO, end: 128 + 256 },
-            Format::Q8_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: NO, qs: 32, qh: NO, end: 32 + 512 },
-            Format::Q4K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: NO, qs: 256, qh: NO, end: 256 + 2048 },
-            // Q5_K and Q6_K interleave their bit planes in the order the kernels read them (one
+            Format::Q4_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: NO, qs: 32, end: 32 + 256 },
+            Format::Q4_1 => Tile { d: 0, m: 32, sc: NO, mn: NO, hb: NO, qs: 64, end: 64 + 256 },
+            Format::Q5_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: 32, qs: 96, end: 96 + 256 },
+            Format::Q5_1 => Tile { d: 0, m: 32, sc: NO, mn: NO, hb: 64, qs: 128, end: 128 + 256 },
+            Format::Q8_0 => Tile { d: 0, m: NO, sc: NO, mn: NO, hb: NO, qs: 32, end: 32 + 512 },
+            Format::Q4K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: NO, qs: 256, end: 256 + 2048 },
+            // Q5_K and Q6_K interleave their parts in the order the kernels read them (one
             // sequential stream per tile keeps the hardware prefetcher ahead): use `qs_at`,
-            // `hb_at`, `q6k_qh_at` for their offsets.
-            Format::Q5K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: 256, qs: 256, qh: NO, end: 256 + 2560 },
-            Format::Q6K => Tile { d: 0, m: NO, sc: 32, mn: NO, hb: NO, qs: 288, qh: 288, end: 288 + 3072 },
+            // `hb_at`, `q6k_at` for their offsets.
+            Format::Q5K => Tile { d: 0, m: 32, sc: 64, mn: 160, hb: 256, qs: 256, end: 256 + 2560 },
+            Format::Q6K => Tile { d: 0, m: NO, sc: 32, mn: NO, hb: NO, qs: 288, end: 288 + 3072 },
         }
     }
 }
 
 /// Offset in a tile of 64-byte piece `i` of the low-bits plane (nibbles, or Q8_0's codes).
-/// Q5_K: per 64 elements jj, [fifth-bit masks lo, hi][8 pieces]; Q6_K: per quarter (h, cg) and
-/// chunk c4, [qh piece, ql piece p=0, ql piece p=1].
+/// Q5_K: per 64 elements jj, [fifth-bit masks lo, hi][8 pieces]. Not Q6_K (`q6k_at`).
 #[inline(always)]
 pub const fn qs_at(f: Format, i: usize) -> usize {
     match f {
         Format::Q5K => 256 + (i / 8) * 640 + 128 + (i % 8) * 64,
-        Format::Q6K => {
-            let (h, p, c) = (i / 16, (i / 8) % 2, i % 8);
-            288 + (((2 * h + c / 4) * 4 + c % 4) * 3 + 1 + p) * 64
-        }
         _ => Tile::of(f).qs + 64 * i,
     }
 }
@@ -192,11 +189,15 @@ pub const fn hb_at(f: Format, v: usize) -> usize {
     }
 }
 
-/// Q6_K: offset in a tile of piece `v` of the 2-bit high plane.
+/// Q6_K: offset in a tile of chunk `v = 8h + c` (v = 0..16, in the order the kernels read them),
+/// which holds the codes of elements 128h + 32t + 4c + e (t, e = 0..4) of the 16 rows as three
+/// dword-transposed 64-byte vectors: byte 4r + e of vector j (j = 0..3) is row r's code for t = j
+/// in bits 0..5 and bits 2j..2j+1 of its code for t = 3 in bits 6..7. So the codes of t = 0..3
+/// are one mask each, and t = 3 three shifts and three logic ops, where ggml's planes (a nibble
+/// plane and a 2-bit plane) cost five shifts and eight logic ops per four vectors of codes.
 #[inline(always)]
-pub const fn q6k_qh_at(v: usize) -> usize {
-    let (h, c) = (v / 8, v % 8);
-    288 + ((2 * h + c / 4) * 4 + c % 4) * 3 * 64
+pub const fn q6k_at(v: usize) -> usize {
+    Tile::of(Format::Q6K).qs + 192 * v
 }
 
 /// A weight matrix (n rows of k elements, GGUF row-major) in the packed layout.
@@ -446,8 +447,24 @@ fn pack_block(f: Format, src: &[u8], r: usize, t: &mut [u8]) {
             for j in 0..16 {
                 t[lay.sc + ROWS * j + r] = src[192 + j];
             }
-            transpose(t, &qs, &src[0..128], 0);
-            transpose(t, &q6k_qh_at, &src[128..192], 0);
+            // ggml's codes (dequantize_row_q6_K): element 128n + 32t + l, l < 32, has the low
+            // nibble of ql[64n + 32(t % 2) + l] (t < 2: low nibble, else high) and bits 2t..2t+1
+            // of qh[32n + l] on top.
+            let (ql, qh) = (&src[0..128], &src[128..192]);
+            let code = |i: usize| {
+                let (n, t, l) = (i / 128, (i / 32) % 4, i % 32);
+                let lo = ql[64 * n + 32 * (t % 2) + l] >> (4 * (t / 2)) & 0xF;
+                lo | ((qh[32 * n + l] >> (2 * t)) & 3) << 4
+            };
+            for v in 0..16 {
+                let (h, c) = (v / 8, v % 8);
+                for j in 0..3 {
+                    for e in 0..4 {
+                        let base = 128 * h + 4 * c + e;
+                        t[q6k_at(v) + 64 * j + 4 * r + e] = code(base + 32 * j) | ((code(base + 96) >> (2 * j)) & 3) << 6;
+                    }
+                }
+            }
         }
     }
 }
@@ -502,20 +519,14 @@ pub fn unpack_block(f: Format, t: &[u8], r: usize, q: &mut [i8]) {
             }
         }
         Format::Q6K => {
-            // Piece i = 16h + 8p + c of ql: low nibble -> element 128h + 32p + 4c + e, high
-            // nibble -> 128h + 64 + 32p + 4c + e. Piece v = 8h + c of qh: bits 2t..2t+1 -> the
-            // element 128h + 32t + 4c + e.
-            for h in 0..2 {
-                for c in 0..8 {
-                    for e in 0..4 {
-                        let hb = t[q6k_qh_at(8 * h + c) + 4 * r + e];
-                        for tt in 0..4 {
-                            let (p, nib) = (tt % 2, tt / 2);
-                            let l = qs(16 * h + 8 * p + c, e);
-                            let lo4 = if nib == 0 { l & 0xF } else { l >> 4 };
-                            let code = lo4 | ((hb >> (2 * tt)) & 3) << 4;
-                            q[128 * h + 32 * tt + 4 * c + e] = (code as i32 - off) as i8;
-                        }
+            // See `q6k_at`.
+            for v in 0..16 {
+                let (h, c) = (v / 8, v % 8);
+                for e in 0..4 {
+                    let b: [u8; 3] = std::array::from_fn(|j| t[q6k_at(v) + 64 * j + 4 * r + e]);
+                    let top = (b[0] >> 6) | (b[1] >> 6) << 2 | (b[2] >> 6) << 4;
+                    for (tt, code) in [b[0] & 0x3F, b[1] & 0x3F, b[2] & 0x3F, top].into_iter().enumerate() {
+                        q[128 * h + 32 * tt + 4 * c + e] = (code as i32 - off) as i8;
                     }
                 }
             }

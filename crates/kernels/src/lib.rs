@@ -51,9 +51,10 @@ pub fn matmul_many_isa(isa: Isa, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: 
     gemm::matmul_many(isa, ws, x, m, ys)
 }
 
-/// `matmul_isa` with the decode weight streams per core set (1 or 2; see `dispatch::decode_streams`).
-pub fn matmul_streams_isa(isa: Isa, streams: usize, w: &PackedMatrix, x: &[f32], m: usize, y: &mut [f32]) {
-    gemm::matmul_many_streams(isa, streams, &[w], x, m, &mut [y])
+/// `matmul_many_isa` with the decode weight streams per core set (1 or 2; see
+/// `dispatch::decode_streams`).
+pub fn matmul_streams_isa(isa: Isa, streams: usize, ws: &[&PackedMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    gemm::matmul_many_streams(isa, streams, ws, x, m, ys)
 }
 
 /// y (m x n) = x (m x k) . W^T for half-precision W (n x k), on the active path.

@@ -335,7 +335,7 @@ fn two_decode_streams_equal_one() {
             for isa in nanbeige_kernels::supported_isas() {
                 let run = |streams| {
                     let mut y = vec![f32::NAN; n];
-                    nanbeige_kernels::matmul_streams_isa(isa, streams, &w, &x, 1, &mut y);
+                    nanbeige_kernels::matmul_streams_isa(isa, streams, &[&w], &x, 1, &mut [&mut y]);
                     y
                 };
                 let (one, two) = (run(1), run(2));
