@@ -73,7 +73,7 @@ fn simulate_decode(f: Format, mixed: bool, isa: Isa) {
     let mut calls: Vec<Vec<PackedMatrix>> = vec![];
     for l in 0..32 {
         // llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third between.
-        let more = mixed && (l < 4 || l >= 28 || (l - 4) % 3 == 2);
+        let more = mixed && (!(4..28).contains(&l) || (l - 4) % 3 == 2);
         let big = if more { Format::Q6K } else { f };
         let (q, k, v) = (mat(f, h, h), mat(f, kv, h), mat(big, kv, h));
         if v.format() == q.format() {
