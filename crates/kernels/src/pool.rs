@@ -210,11 +210,12 @@ pub(crate) const SPANS_MAX: usize = 512;
 
 /// Work items of a memory-bound call as (matrix, first group, end group), largest first: each
 /// takes 1/(2 x threads) of the groups still left in the call (over all its matrices), down to
-/// `min` groups (a group: whatever unit the caller splits, 16 weight rows for the kernels). Equal items
-/// left the cores finishing up to a whole item apart (a sixteenth of a matrix); with shrinking
-/// ones the last items are a pair of groups, and there are no more items than before
-/// (decode-step matmuls +2-4% for Q4_0 and Q8_0, `kernel_bench --decode-sim`).
-/// `groups` holds each matrix's group count.
+/// `min` groups (a group: whatever unit the caller splits, 16 weight rows for the kernels);
+/// `groups` holds each matrix's group count. Equal items (8 per thread per matrix) left the
+/// cores finishing a call up to a whole item (a sixteenth of a matrix) apart; with shrinking ones
+/// the last items are a pair of groups, and a decode layer of the 3B shape makes 63 items where
+/// it made 112 (the LM head 28 where it made 16). Decode-step matmuls, `kernel_bench
+/// --decode-sim`: Q4_0 +4%, Q8_0 +1-2%, Q4_K +1%.
 pub(crate) fn shrinking_spans(groups: &[usize], min: usize, spans: &mut [(u32, u32, u32); SPANS_MAX]) -> usize {
     let mut left: usize = groups.iter().sum();
     let div = 2 * threads();
