@@ -91,6 +91,49 @@ fn activation_ties_round_away_from_zero() {
     }
 }
 
+/// K-quant activations (Q8_K) at their edges, on every path: ties round half to even, the
+/// first value of largest magnitude sets the sign of the scale (here the negative one comes
+/// first), an all-zero block, and a block whose largest value is positive.
+#[test]
+fn kquant_activation_edges_match_ggml() {
+    let mut x = vec![0f32; 3 * 256];
+    // Block 0: max magnitude 127 (scale 1) first as -127 at index 40, then +127 at 200.
+    for (i, v) in x[..256].iter_mut().enumerate() {
+        *v = (i as f32 - 128.0) * 0.5; // many exact .5 ties
+    }
+    x[40] = -127.0;
+    x[200] = 127.0;
+    // Block 1 stays all zeros. Block 2: positive maximum, ties after scaling by -127/max.
+    for (i, v) in x[512..].iter_mut().enumerate() {
+        *v = ((i % 17) as f32 - 8.0) * 1.5;
+    }
+    x[512 + 255] = 254.0;
+    let RefActs::Q8K { d, qs, bsums } = ref_quantize(Format::Q6K, &x) else { unreachable!() };
+    for f in [Format::Q4K, Format::Q6K] {
+        for isa in paths() {
+            let mut a = Acts::default();
+            a.quantize(f, &x, 1, x.len(), isa);
+            let what = format!("{} {}", f.name(), isa.name());
+            assert_eq!(&a.qs[..x.len()], &qs[..], "{what}: codes");
+            for (b, d) in d.iter().enumerate() {
+                assert_eq!(a.d[b].to_bits(), d.to_bits(), "{what}: d of block {b}");
+            }
+            for j in 0..x.len() / 32 {
+                let want = bsums[2 * j] + bsums[2 * j + 1];
+                if f == Format::Q6K {
+                    assert_eq!(a.bias[2 * j], -32 * bsums[2 * j], "{what}: bias of 16-group {}", 2 * j);
+                } else {
+                    assert_eq!(a.bs32[j] as i32, want, "{what}: sum of 32-group {j}");
+                }
+            }
+        }
+    }
+    // The reference itself: block 0's maximum is the -127 (first), so the scale -127/max is 1 and
+    // each code is x rounded half to even; block 2's is +254, a scale of -1/2.
+    assert_eq!((d[0], qs[1], qs[3], qs[40], qs[200]), (1.0, -64, -62, -127, 127));
+    assert_eq!((d[1], d[2], qs[512 + 255]), (0.0, -2.0, -127));
+}
+
 #[test]
 fn activations_quantize_like_ggml() {
     let mut rng = rng("activations_quantize_like_ggml");

@@ -324,8 +324,10 @@ fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
 /// e^r by its Taylor series to r^7 (|r| <= ln2/2: relative error below 1e-7), 2^n from the
 /// exponent bits. libm's expf is a call per element, which dominated attention at long context.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` keeps NaN, which must not reach the conversion below
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // NaN becomes -87 here (`max` returns the number), so n below is always in range.
+    let x = x.max(-87.0).min(0.0);
     // Round to nearest by the 1.5 * 2^23 trick: floor() is a libm call without SSE4.1.
     const MAGIC: f32 = 12_582_912.0;
     let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
@@ -335,7 +337,10 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    // SAFETY: n is a whole number in [-126, 0] (-87 <= x <= 0), so the conversion is exact; `as i32`
+    // would add saturation checks that keep the compiler from vectorizing callers' loops.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    f32::from_bits(((n + 127) << 23) as u32) * p
 }
 
 /// Attention of one query token (`q`: nh * hd, roped) over the first `t` cached positions.
