@@ -17,6 +17,8 @@ use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, Var, D};
 use nanbeige_kernels::{FloatWeights, Format, PackedMatrix};
 use std::sync::Arc;
 
+mod decode;
+
 /// Most prompt tokens one forward pass takes; longer prompts are prefilled in chunks.
 const PREFILL_CHUNK: usize = 512;
 
@@ -79,6 +81,19 @@ fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
     Ok(f(data, x.elem_count() / k.max(1)))
 }
 
+/// Run `f` on a bf16/f16 weight matrix (n, k) read in place, as the kernels take it.
+fn with_half_weights<R>(w: &Tensor, f: impl FnOnce(FloatWeights, usize, usize) -> R) -> Result<R> {
+    let (n, k) = w.dims2()?;
+    let w = w.contiguous()?;
+    let (ws, wl) = w.storage_and_layout();
+    let range = wl.start_offset()..wl.start_offset() + n * k;
+    Ok(match &*ws {
+        Storage::Cpu(CpuStorage::BF16(v)) => f(FloatWeights::Bf16(&v[range]), n, k),
+        Storage::Cpu(CpuStorage::F16(v)) => f(FloatWeights::F16(&v[range]), n, k),
+        _ => bail!("linear: expected half-precision weights on the CPU"),
+    })
+}
+
 /// The output shape: x's with the last dimension replaced by `n`.
 fn out_shape(x: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = x.dims().to_vec();
@@ -108,23 +123,13 @@ impl Linear {
             LinearWeight::Float(w)
                 if matches!(w.dtype(), DType::BF16 | DType::F16) && !w.track_op() && !x.track_op() =>
             {
-                let (n, k) = w.dims2()?;
-                let w = w.contiguous()?;
-                let (ws, wl) = w.storage_and_layout();
-                let weights = match &*ws {
-                    Storage::Cpu(CpuStorage::BF16(v)) => {
-                        FloatWeights::Bf16(&v[wl.start_offset()..wl.start_offset() + n * k])
-                    }
-                    Storage::Cpu(CpuStorage::F16(v)) => {
-                        FloatWeights::F16(&v[wl.start_offset()..wl.start_offset() + n * k])
-                    }
-                    _ => bail!("linear: expected half-precision weights on the CPU"),
-                };
-                let y = with_rows(x, |xs, m| {
-                    let mut y = vec![0f32; m * n];
-                    nanbeige_kernels::matmul_float(weights, n, k, xs, m, &mut y);
-                    y
-                })?;
+                let (y, n) = with_half_weights(w, |weights, n, k| {
+                    with_rows(x, |xs, m| {
+                        let mut y = vec![0f32; m * n];
+                        nanbeige_kernels::matmul_float(weights, n, k, xs, m, &mut y);
+                        (y, n)
+                    })
+                })??;
                 Tensor::from_vec(y, out_shape(x, n), &Device::Cpu)?
             }
             LinearWeight::Float(w) => {
@@ -260,20 +265,20 @@ fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
         return Ok((g.silu()? * u)?);
     }
     let n = g.elem_count();
-    let out = crate::attention::with_f32(&g, |gs| {
-        crate::attention::with_f32(&u, |us| {
-            let (gs, us) = (&gs[..n], &us[..n]);
-            // Safety (both): the active path is one this CPU supports.
-            #[cfg(target_arch = "x86_64")]
-            match nanbeige_kernels::active_isa() {
-                nanbeige_kernels::Isa::Avx512 => return unsafe { swiglu_avx512(gs, us) },
-                nanbeige_kernels::Isa::Avx2 => return unsafe { swiglu_avx2(gs, us) },
-                nanbeige_kernels::Isa::Scalar => {}
-            }
-            swiglu_rows(gs, us)
-        })
-    })??;
+    let out = crate::attention::with_f32(&g, |gs| crate::attention::with_f32(&u, |us| swiglu_slices(&gs[..n], &us[..n])))??;
     Ok(Tensor::from_vec(out, g.dims(), &Device::Cpu)?)
+}
+
+/// `swiglu` on plain slices of equal length, compiled for the active path.
+fn swiglu_slices(gs: &[f32], us: &[f32]) -> Vec<f32> {
+    // Safety (both): the active path is one this CPU supports.
+    #[cfg(target_arch = "x86_64")]
+    match nanbeige_kernels::active_isa() {
+        nanbeige_kernels::Isa::Avx512 => return unsafe { swiglu_avx512(gs, us) },
+        nanbeige_kernels::Isa::Avx2 => return unsafe { swiglu_avx2(gs, us) },
+        nanbeige_kernels::Isa::Scalar => {}
+    }
+    swiglu_rows(gs, us)
 }
 
 /// A plain loop into a slice (not `collect`, whose body is a separate function that the
@@ -557,6 +562,11 @@ impl Llama {
         // Long prompts go through in chunks: the attention scores of one pass grow with the square
         // of its length (2,000 tokens at once: ~150 MB per layer for SmolLM2), chunks keep them in
         // cache; the weights are re-read per chunk, which costs little next to that.
+        if let [token] = ids {
+            if let Some(logits) = self.decode_step(*token, cache)? {
+                return Ok(logits);
+            }
+        }
         let (head, tail) = ids.split_at(ids.len() - ((ids.len() - 1) % PREFILL_CHUNK + 1));
         for chunk in head.chunks(PREFILL_CHUNK) {
             let t = Tensor::new(chunk, &Device::Cpu)?.unsqueeze(0)?;

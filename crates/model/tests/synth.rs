@@ -291,3 +291,65 @@ fn copied_cache_prefix_is_independent_and_exact() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A single-token `forward_last` (the slice path, llama/decode.rs) gives the logits of the tensor
+/// path (`forward` with the cache) bit for bit, step after step, for every weight kind the kernels
+/// cover, Qwen2's q/k/v biases and tied head, and both KV cache kinds.
+#[test]
+fn slice_decode_equals_tensor_path() {
+    let d = tmp("slices");
+    let mut qwen = tiny_config();
+    qwen["model_type"] = serde_json::json!("qwen2");
+    qwen["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    qwen["tie_word_embeddings"] = serde_json::json!(true);
+    let mut models = vec![];
+    for (name, config, format, quant) in [
+        ("hf", tiny_config(), Format::Hf, Quant::Bf16),
+        ("q4_0.gguf", tiny_config(), Format::Gguf, Quant::Q4_0),
+        ("q8_0.gguf", tiny_config(), Format::Gguf, Quant::Q8_0),
+        ("q4_k_m.gguf", tiny_config(), Format::Gguf, Quant::Q4KM),
+        ("f32.gguf", tiny_config(), Format::Gguf, Quant::F32),
+        ("qwen-q4_0.gguf", qwen, Format::Gguf, Quant::Q4_0),
+    ] {
+        let out = d.join(name);
+        let opts = SynthOptions {
+            config,
+            name: "tiny".into(),
+            out: out.clone(),
+            format,
+            quant,
+            layers: None,
+            seed: 13,
+            shard_bytes: synth::DEFAULT_SHARD_BYTES,
+            progress: false,
+        };
+        synth::synthesize(&opts).unwrap();
+        models.push((name, if format == Format::Hf { load_hf(&out) } else { load_gguf_file(&out) }));
+    }
+    for (name, mut m) in models {
+        for kv in [nanbeige_model::KvType::F32, nanbeige_model::KvType::Q8] {
+            m.kv_type = kv;
+            let (mut slices, mut tensors) = (m.new_cache(64), m.new_cache(64));
+            m.forward_last(&IDS[..5], &mut slices).unwrap();
+            m.forward_last(&IDS[..5], &mut tensors).unwrap();
+            for (step, &tok) in IDS[5..].iter().enumerate() {
+                let got = m.forward_last(&[tok], &mut slices).unwrap();
+                let t = Tensor::new(&[[tok]], &Device::Cpu).unwrap();
+                let want = m.forward(&t, Some(&mut tensors)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(got.len(), want.len());
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} {kv:?} step {step}: the slice path differs from the tensor path"
+                );
+                assert_eq!(slices.len(), tensors.len());
+            }
+            // Past the cache's end: an error, as on the tensor path, and nothing is appended.
+            let mut full = m.new_cache(5);
+            m.forward_last(&IDS[..5], &mut full).unwrap();
+            assert!(m.forward_last(&[1], &mut full).unwrap_err().to_string().contains("context"));
+            assert_eq!(full.len(), 5);
+            assert!(m.forward_last(&[400], &mut slices).unwrap_err().to_string().contains("vocabulary"));
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
