@@ -699,6 +699,12 @@ impl Llama {
                 );
             }
         }
+        // One sequence decoding alone (a server with one client): the slice path, as forward_last.
+        if let ([[token]], [cache]) = (seqs, &mut *caches) {
+            if let Some(logits) = self.decode_step(*token, cache)? {
+                return Ok(vec![logits]);
+            }
+        }
         let all: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         if let Some(&bad) = all.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);

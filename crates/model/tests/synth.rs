@@ -329,11 +329,15 @@ fn slice_decode_equals_tensor_path() {
     for (name, mut m) in models {
         for kv in [nanbeige_model::KvType::F32, nanbeige_model::KvType::Q8] {
             m.kv_type = kv;
-            let (mut slices, mut tensors) = (m.new_cache(64), m.new_cache(64));
+            let (mut slices, mut tensors, mut batch) = (m.new_cache(64), m.new_cache(64), m.new_cache(64));
             m.forward_last(&IDS[..5], &mut slices).unwrap();
             m.forward_last(&IDS[..5], &mut tensors).unwrap();
+            m.forward_last(&IDS[..5], &mut batch).unwrap();
             for (step, &tok) in IDS[5..].iter().enumerate() {
                 let got = m.forward_last(&[tok], &mut slices).unwrap();
+                // A batch of one sequence decoding (the server with one client) takes it too.
+                let one = m.forward_batch(&[&[tok]], &mut [&mut batch]).unwrap();
+                assert!(one[0].iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} {kv:?} batch of one");
                 let t = Tensor::new(&[[tok]], &Device::Cpu).unwrap();
                 let want = m.forward(&t, Some(&mut tensors)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(got.len(), want.len());
