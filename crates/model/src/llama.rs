@@ -220,19 +220,25 @@ impl Linear {
     }
 }
 
-/// Several linears applied to the same input (q/k/v, gate/up). When all are packed in one format
-/// with one row length and carry no adapter, x is quantized once and the products share one kernel
-/// call (same numbers as separate calls); otherwise each runs on its own.
-fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-    let packed: Option<Vec<&PackedMatrix>> = ls
+/// The packed matrices of `ls` when one `matmul_many` call can take them all: every one packed,
+/// without an adapter, in one format with one row length.
+fn one_kernel_call<'a>(ls: &[&'a Linear]) -> Option<Vec<&'a PackedMatrix>> {
+    let ps: Vec<&PackedMatrix> = ls
         .iter()
         .map(|l| match (&l.weight, &l.lora) {
             (LinearWeight::Packed(p, _), None) => Some(&**p),
             _ => None,
         })
-        .collect();
-    let outs: Vec<Tensor> = match packed {
-        Some(ps) if ps.windows(2).all(|w| w[0].format() == w[1].format() && w[0].k() == w[1].k()) => {
+        .collect::<Option<_>>()?;
+    ps.windows(2).all(|w| w[0].format() == w[1].format() && w[0].k() == w[1].k()).then_some(ps)
+}
+
+/// Several linears applied to the same input (q/k/v, gate/up). When all are packed in one format
+/// with one row length and carry no adapter, x is quantized once and the products share one kernel
+/// call (same numbers as separate calls); otherwise each runs on its own.
+fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let outs: Vec<Tensor> = match one_kernel_call(&ls) {
+        Some(ps) => {
             let ys = with_rows(x, |xs, m| {
                 let mut ys: Vec<Vec<f32>> = ps.iter().map(|p| vec![0f32; m * p.n()]).collect();
                 let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();

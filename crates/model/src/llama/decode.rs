@@ -7,12 +7,11 @@
 //! Not here: prompts and batches (`forward_batch`), training, LoRA adapters, and weights the
 //! kernels do not cover: for those `decode_step` returns None and the caller takes the tensor path.
 
-use super::{swiglu_slices, with_half_weights, Linear, LinearWeight, Llama};
+use super::{one_kernel_call, swiglu_slices, with_half_weights, Linear, LinearWeight, Llama};
 use crate::attention::with_f32;
 use crate::kv_cache::Cache;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use nanbeige_kernels::PackedMatrix;
 
 impl Llama {
     /// Logits after feeding `token` to `cache`, or None when this model needs the tensor path.
@@ -34,11 +33,9 @@ impl Llama {
         }
         let (nh, nkv, hd, eps) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps as f32);
         let mut x = self.embed(&Tensor::new(&[[token]], &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?;
-        let h = x.len();
-        let inter = self.blocks.first().map_or(0, |b| b.mlp.up_rows());
-        let (mut xn, mut o) = (vec![0f32; h], vec![0f32; h]);
-        let (mut q, mut k, mut v) = (vec![0f32; nh * hd], vec![0f32; nkv * hd], vec![0f32; nkv * hd]);
-        let (mut g, mut u) = (vec![0f32; inter], vec![0f32; inter]);
+        // Outputs are sized by `linears_into` on first use and reused by every layer.
+        let mut xn = vec![0f32; x.len()];
+        let (mut q, mut k, mut v, mut o, mut g, mut u) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (l, block) in self.blocks.iter().enumerate() {
             rms_norm_into(&x, &block.attn_norm, eps, &mut xn)?;
             let a = &block.attn;
@@ -51,16 +48,13 @@ impl Llama {
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rms_norm_into(&x, &block.ffn_norm, eps, &mut xn)?;
             let m = &block.mlp;
-            if g.len() != m.up_rows() {
-                (g, u) = (vec![0f32; m.up_rows()], vec![0f32; m.up_rows()]);
-            }
             linears_into([&m.gate, &m.up], &xn, [&mut g, &mut u])?;
             linears_into([&m.down], &swiglu_slices(&g, &u), [&mut o])?;
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         }
         cache.len += 1;
         rms_norm_into(&x, &self.norm, eps, &mut xn)?;
-        let mut logits = vec![0f32; self.lm_head.rows()];
+        let mut logits = vec![];
         linears_into([&self.lm_head], &xn, [&mut logits])?;
         Ok(Some(logits))
     }
@@ -104,12 +98,6 @@ impl Linear {
     }
 }
 
-impl super::Mlp {
-    fn up_rows(&self) -> usize {
-        self.up.rows()
-    }
-}
-
 /// candle-nn's RMSNorm row (`rms_norm` on the tensor path), the same operations in the same
 /// order: a sequential f32 sum of squares, then x / rms * w.
 fn rms_norm_into(x: &[f32], w: &Tensor, eps: f32, out: &mut [f32]) -> Result<()> {
@@ -122,21 +110,15 @@ fn rms_norm_into(x: &[f32], w: &Tensor, eps: f32, out: &mut [f32]) -> Result<()>
     })
 }
 
-/// ys[i] = x W_i^T (+ b_i) for one row. Packed matrices of one format and row length share one
-/// kernel call (same numbers as separate calls, as `forward_many` does); the rest run one by one.
+/// ys[i] = x W_i^T (+ b_i) for one row, each y resized to its linear's outputs. Packed matrices
+/// of one format and row length share one kernel call (same numbers as separate calls, as
+/// `forward_many` does); the rest run one by one.
 fn linears_into<const N: usize>(ls: [&Linear; N], x: &[f32], mut ys: [&mut Vec<f32>; N]) -> Result<()> {
     for (l, y) in ls.iter().zip(ys.iter_mut()) {
         y.resize(l.rows(), 0.0);
     }
-    let packed: Option<Vec<&PackedMatrix>> = ls
-        .iter()
-        .map(|l| match &l.weight {
-            LinearWeight::Packed(p, _) => Some(&**p),
-            _ => None,
-        })
-        .collect();
-    match packed {
-        Some(ps) if ps.windows(2).all(|w| w[0].format() == w[1].format() && w[0].k() == w[1].k()) => {
+    match one_kernel_call(&ls) {
+        Some(ps) => {
             let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
             nanbeige_kernels::matmul_many(&ps, x, 1, &mut views);
         }
