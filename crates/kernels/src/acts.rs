@@ -200,8 +200,12 @@ unsafe fn q8k_avx512(format: Format, x: &[f32], qs: &mut [i8], d: &mut [f32], bi
             std::ptr::write_bytes(q, 0, QK_K);
         } else {
             let want = _mm512_set1_epi32(abits as i32);
-            let i = v.iter().position(|v| _mm512_cmpeq_epi32_mask(_mm512_and_si512(*v, abs), want) != 0).unwrap_or(0);
-            let lane = _mm512_cmpeq_epi32_mask(_mm512_and_si512(v[i], abs), want).trailing_zeros() as usize;
+            // The first register holding the magnitude, and its lowest lane with it (always found).
+            let (i, hits) = (0..16)
+                .map(|i| (i, _mm512_cmpeq_epi32_mask(_mm512_and_si512(v[i], abs), want)))
+                .find(|&(_, hits)| hits != 0)
+                .unwrap_or((0, 1));
+            let lane = hits.trailing_zeros() as usize;
             let max = *x.get_unchecked(QK_K * b + 16 * i + lane);
             let iscale = -127.0 / max;
             let is = _mm512_set1_ps(iscale);

@@ -565,14 +565,15 @@ impl Llama {
         if cache.len + ids.len() > cache.max_len {
             bail!("context overflow: {} tokens exceed the context length of {}", cache.len + ids.len(), cache.max_len);
         }
-        // Long prompts go through in chunks: the attention scores of one pass grow with the square
-        // of its length (2,000 tokens at once: ~150 MB per layer for SmolLM2), chunks keep them in
-        // cache; the weights are re-read per chunk, which costs little next to that.
+        // A decode step takes the slice path (llama/decode.rs) where the model allows it.
         if let [token] = ids {
             if let Some(logits) = self.decode_step(*token, cache)? {
                 return Ok(logits);
             }
         }
+        // Long prompts go through in chunks: the attention scores of one pass grow with the square
+        // of its length (2,000 tokens at once: ~150 MB per layer for SmolLM2), chunks keep them in
+        // cache; the weights are re-read per chunk, which costs little next to that.
         let (head, tail) = ids.split_at(ids.len() - ((ids.len() - 1) % PREFILL_CHUNK + 1));
         for chunk in head.chunks(PREFILL_CHUNK) {
             let t = Tensor::new(chunk, &Device::Cpu)?.unsqueeze(0)?;
